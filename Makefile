@@ -1,0 +1,30 @@
+# The two commands: `make demo` and `make test`. Both install what is missing first.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, from the pinned CPU wheel; everything after must leave it alone.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '2.13.0' else 'torch was changed to ' + v)"
+	touch $(STAMP)
+
+test: install
+	PYOPENGL_PLATFORM=egl RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
+
+demo: install
+	PYOPENGL_PLATFORM=egl RAY_AUTH_MODE=disabled $(BIN)/cobl demo --out demo_out
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) demo_out
