@@ -1,0 +1,239 @@
+"""From a renderer's raw linear passes to the scene's files and derived ground truth (pure numpy, no bpy).
+
+The renderer hands over, per scene, linear premultiplied RGBA renders (the photo, the background and one
+amodal render per object, in spec order), the Object Index pass and the depth pass. This module decides the
+front-to-back order (from the rendered amodal masks and the modal ids, via synth.occlusion; ties by depth),
+encodes the 8-bit files of synth.schema, and measures how well the layers recomposite to the photo.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cobl.layers import EMPTY_RGB, composite, modal_ids, to_channels_first
+from synth import schema
+from synth.scene_dir import RenderedScene
+from synth.spec import CameraSpec, SceneSpec
+
+ALPHA_THRESHOLD = 0.5  # a pixel belongs to an object's (amodal) mask when its alpha exceeds this
+NO_HIT_DEPTH = 1e9  # Blender writes ~1e10 where a camera ray hits nothing
+PSNR_CAP = 100.0  # identical images: report a finite number so scene.json stays valid JSON
+
+
+def srgb_encode(linear: np.ndarray) -> np.ndarray:
+    """Linear [0, 1] -> 8-bit sRGB (Blender's "Standard" view transform, no dither)."""
+    x = np.clip(np.asarray(linear, dtype=np.float64), 0.0, 1.0)
+    srgb = np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
+    return np.round(srgb * 255.0).astype(np.uint8)
+
+
+def straight_layer(premultiplied: np.ndarray) -> np.ndarray:
+    """Premultiplied linear RGBA [H, W, 4] -> straight-alpha 8-bit sRGB RGBA; EMPTY_RGB where alpha is 0."""
+    alpha = np.clip(premultiplied[..., 3], 0.0, 1.0)
+    safe = np.where(alpha > 0, alpha, 1.0)[..., None]
+    rgb = srgb_encode(premultiplied[..., :3] / safe)
+    alpha8 = np.round(alpha * 255.0).astype(np.uint8)
+    rgb[alpha8 == 0] = np.round(np.asarray(EMPTY_RGB) * 255.0).astype(np.uint8)
+    return np.concatenate([rgb, alpha8[..., None]], axis=-1)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def camera_matrices(camera: CameraSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(K [3, 3], world_to_camera [4, 4]); world_to_camera in the spec's OpenGL convention (looks down -z)."""
+    return np.asarray(camera.intrinsics(), dtype=np.float64), np.linalg.inv(np.asarray(camera.cam_to_world))
+
+
+def project(camera: CameraSpec, points_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (x right, y down, [N, 2]) and view-axis depth ([N], > 0 in front) of world points."""
+    K, w2c = camera_matrices(camera)
+    pts = np.asarray(points_world, dtype=np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
+    depth = -pts[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = K[0, 0] * pts[:, 0] / depth + K[0, 2]
+        y = -K[1, 1] * pts[:, 1] / depth + K[1, 2]
+    return np.stack([x, y], axis=1), depth
+
+
+def pixel_box(
+    points_px: np.ndarray, width: int, height: int, margin: int
+) -> tuple[int, int, int, int] | None:
+    """Integer box [x0, y0, x1, y1) around points, grown by ``margin``, clipped; None if empty."""
+    x0 = max(0, math.floor(points_px[:, 0].min()) - margin)
+    y0 = max(0, math.floor(points_px[:, 1].min()) - margin)
+    x1 = min(width, math.ceil(points_px[:, 0].max()) + 1 + margin)
+    y1 = min(height, math.ceil(points_px[:, 1].max()) + 1 + margin)
+    return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
+
+
+def union_box(boxes: list[tuple[int, int, int, int] | None]) -> tuple[int, int, int, int] | None:
+    boxes = [b for b in boxes if b is not None]
+    if not boxes:
+        return None
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
+def mask_box(mask: np.ndarray) -> list[int] | None:
+    """Tight [x0, y0, x1, y1) of a boolean mask, None if empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two images with values in [0, 1]."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return PSNR_CAP if mse <= 1e-10 else min(PSNR_CAP, 10.0 * math.log10(1.0 / mse))
+
+
+def recomposite(layers_rgba8: list[np.ndarray], bg_rgb8: np.ndarray) -> np.ndarray:
+    """Composite 8-bit straight RGBA layers (front first) over the background with cobl.layers.composite."""
+    bg = to_channels_first(bg_rgb8.astype(np.float64) / 255.0)
+    if not layers_rgba8:
+        return bg
+    stack = to_channels_first(np.stack(layers_rgba8).astype(np.float64) / 255.0)
+    return composite(stack, bg)
+
+
+def object_depths(spec: SceneSpec) -> list[float]:
+    """View-axis depth of each object's origin: the tie-break for the occlusion order."""
+    locations = np.asarray([o.location for o in spec.objects], dtype=np.float64).reshape(-1, 3)
+    return [float(d) for d in project(spec.camera, locations)[1]] if len(locations) else []
+
+
+def ordering(spec: SceneSpec, amodal: np.ndarray, modal_spec_ids: np.ndarray) -> tuple[list[int], list, list]:
+    """(front-to-back spec indices, occlusion edges, edges dropped to break cycles).
+
+    The Object Index pass is a point sample per pixel while the masks threshold an antialiased alpha, so at a
+    boundary between two objects a pixel or two can claim the back object occludes the front one. Cycles are
+    broken by dropping their weakest edge (fewest pixels) until the graph is acyclic.
+    """
+    import networkx as nx
+
+    from synth.occlusion import front_to_back_order, occlusion_edges
+
+    n = len(spec.objects)
+    edges = occlusion_edges(amodal, modal_spec_ids)
+    depths = object_depths(spec)
+    kept, dropped = list(edges), []
+    while (order := front_to_back_order(kept, n, depths)) is None:
+        graph = nx.DiGraph((f, b) for f, b, _ in kept)
+        cycle = set(nx.find_cycle(graph))
+        weakest = min((e for e in kept if (e[0], e[1]) in cycle), key=lambda e: (e[2], e[0], e[1]))
+        kept.remove(weakest)
+        dropped.append(weakest)
+    return list(order), edges, dropped
+
+
+def assemble(
+    spec: SceneSpec,
+    photo: np.ndarray,
+    background: np.ndarray,
+    object_renders: list[np.ndarray],
+    index_pass: np.ndarray,
+    depth_pass: np.ndarray,
+    render_info: dict[str, Any] | None = None,
+) -> RenderedScene:
+    """Encode the files of one scene and derive its ground truth.
+
+    ``photo``/``background``: linear RGBA [H, W, 4]; ``object_renders[i]``: premultiplied linear RGBA of
+    ``spec.objects[i]`` alone (amodal); ``index_pass``: Blender pass_index per pixel; ``depth_pass``:
+    view-axis depth, huge where nothing was hit.
+    """
+    n = len(spec.objects)
+    height, width = photo.shape[:2]
+    layers_spec = [straight_layer(r) for r in object_renders]
+    alphas = (
+        np.stack([lay[..., 3] for lay in layers_spec]).astype(np.float64) / 255.0
+        if n
+        else np.zeros((0, height, width))
+    )
+    amodal = alphas > ALPHA_THRESHOLD
+    pass_to_spec = {int(o.pass_index): i + 1 for i, o in enumerate(spec.objects)}
+    index_int = np.rint(index_pass).astype(np.int64)
+    modal_spec = np.zeros((height, width), dtype=np.int64)
+    for pass_index, label in pass_to_spec.items():
+        modal_spec[index_int == pass_index] = label
+    order, edges, dropped = ordering(spec, amodal, modal_spec) if n else ([], [], [])
+
+    spec_to_layer = np.zeros(n + 1, dtype=np.int64)
+    for k, i in enumerate(order):
+        spec_to_layer[i + 1] = k + 1
+    ids = spec_to_layer[modal_spec].astype(np.uint8)
+    layers = [layers_spec[i] for i in order]
+    rgb8 = srgb_encode(photo[..., :3])
+    bg8 = srgb_encode(background[..., :3])
+    depth = np.where(depth_pass < NO_HIT_DEPTH, depth_pass, 0.0).astype(np.float32)
+
+    recomposed = recomposite(layers, bg8)
+    recomposition_psnr = psnr(recomposed, to_channels_first(rgb8.astype(np.float64) / 255.0))
+    objects_px = ids > 0
+    stack_ids = modal_ids(np.stack([lay[..., 3] for lay in layers]).astype(np.float64) / 255.0) if n else ids
+    agreement = float(np.mean(stack_ids[objects_px] == ids[objects_px])) if objects_px.any() else 1.0
+
+    K, w2c = camera_matrices(spec.camera)
+    names = [o.name for o in spec.objects]
+    objects_gt = []
+    for k, i in enumerate(order):
+        amodal_px = int(amodal[i].sum())
+        modal_mask = ids == k + 1
+        modal_px = int(modal_mask.sum())
+        objects_gt.append(
+            {
+                "name": names[i],
+                "layer": k,
+                "pass_index": int(spec.objects[i].pass_index),
+                "amodal_pixels": amodal_px,
+                "modal_pixels": modal_px,
+                "visible_fraction": modal_px / amodal_px if amodal_px else 0.0,
+                "amodal_box": mask_box(amodal[i]),
+                "modal_box": mask_box(modal_mask),
+            }
+        )
+    ground_truth = {
+        "order": [names[i] for i in order],
+        "objects": objects_gt,
+        "occlusion_edges": [{"front": names[f], "back": names[b], "pixels": int(p)} for f, b, p in edges],
+        "dropped_edges": [{"front": names[f], "back": names[b], "pixels": int(p)} for f, b, p in dropped],
+        "camera": {
+            "K": K.tolist(),
+            "world_to_camera": w2c.tolist(),
+            "width": width,
+            "height": height,
+            "convention": "world_to_camera maps to OpenGL camera axes (x right, y up, looking down -z)",
+        },
+        "render": dict(render_info or {}),
+        "recomposition_psnr": recomposition_psnr,
+        "ids_stack_agreement": agreement,
+    }
+    files = {schema.RGB: png_bytes(rgb8), schema.BACKGROUND: png_bytes(bg8)}
+    for k, layer in enumerate(layers):
+        files[schema.layer_name(k)] = png_bytes(layer)
+    files[schema.IDS] = png_bytes(ids)
+    buf = io.BytesIO()
+    np.save(buf, depth, allow_pickle=False)
+    files[schema.DEPTH] = buf.getvalue()
+    files[schema.SCENE] = scene_json(spec, ground_truth)
+    return RenderedScene(scene_id=spec.scene_id, files=files, ground_truth=ground_truth)
+
+
+def scene_json(spec: SceneSpec, ground_truth: dict[str, Any]) -> bytes:
+    """scene.json: ``{"spec": SceneSpec.to_dict(), "ground_truth": {...}}``, keys sorted (byte-stable)."""
+    doc = {"spec": spec.to_dict(), "ground_truth": ground_truth}
+    return (json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")

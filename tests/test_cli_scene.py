@@ -1,0 +1,77 @@
+"""``cobl synth scene``: writes every schema file; bad values exit 2 with one line and write nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import cobl.cli
+from synth import schema
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    # Only the synth commands: this test must not depend on the other parts of the CLI being importable.
+    monkeypatch.setattr(cobl.cli, "COMMAND_MODULES", ("synth.cli",))
+    return lambda *argv: cobl.cli.main(["synth", "scene", *map(str, argv)])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--res", "0"],
+        ["--objects", "5-2"],
+        ["--objects", "two"],
+        ["--engine", "FOO"],
+        ["--samples", "0"],
+        ["--min-visible", "1.5"],
+        ["--assets-dir", "/nonexistent/assets"],
+        ["--hdri-dir", "/nonexistent/hdri"],
+    ],
+)
+def test_bad_values_exit_2_with_one_line_and_write_nothing(cli, tmp_path, capsys, bad):
+    out = tmp_path / "scene"
+    sheet = tmp_path / "sheet.png"
+    assert cli("--out", out, "--contact-sheet", sheet, *bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cobl: error: ") and "\n" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_scene_writes_every_file_and_skips_a_corrupt_mesh(cli, tmp_path, capsys):
+    import trimesh
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    trimesh.creation.icosphere(subdivisions=2).export(assets / "ball.stl")
+    (assets / "broken.obj").write_text("v 0 0 0\nf 1 2 3 garbage\n")
+    out = tmp_path / "scene"
+    sheet = tmp_path / "sheet.png"
+    code = cli(
+        "--seed",
+        1,
+        "--res",
+        48,
+        "--samples",
+        4,
+        "--objects",
+        "2-3",
+        "--assets-dir",
+        assets,
+        "--threads",
+        2,
+        "--out",
+        out,
+        "--contact-sheet",
+        sheet,
+    )
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "broken.obj" in err and "1 skipped" in err
+    doc = json.loads((out / schema.SCENE).read_text())
+    n = len(doc["spec"]["objects"])
+    assert 2 <= n <= 3 and len(doc["ground_truth"]["order"]) == n
+    assert sorted(p.name for p in out.iterdir()) == sorted(schema.member_names(n))
+    assert sheet.stat().st_size > 0
+    assert doc["spec"]["camera"]["width"] == 48

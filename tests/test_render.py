@@ -1,0 +1,99 @@
+"""A real Blender render: the layers recomposite to the photo, ids agree with the stack, masks and depth agree
+with an independent rasteriser (pyrender), and the ground truth is consistent."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cobl.layers import modal_ids
+from synth import schema
+from synth.groundtruth import recomposite
+from synth.sampler import SamplerConfig, sample_scene
+from synth.spec import SceneSpec
+
+RES = 96
+SEEDS = (3, 6)
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    from synth.blender.renderer import BlenderRenderer
+
+    config = SamplerConfig(width=RES, height=RES, samples=8, min_objects=3, max_objects=4, check_res=RES)
+    with BlenderRenderer(threads=2) as renderer:
+        return [(spec, renderer.render(spec)) for spec in (sample_scene(s, config) for s in SEEDS)]
+
+
+def test_layers_recomposite_to_the_photo(rendered):
+    for _, scene in rendered:
+        layers = scene.layers()
+        recomposed = recomposite(list(layers), scene.image(schema.BACKGROUND))
+        photo = np.moveaxis(scene.image(schema.RGB).astype(np.float64) / 255.0, -1, 0)
+        psnr = 10 * np.log10(1.0 / np.mean((recomposed - photo) ** 2))
+        assert psnr >= 30.0, f"{scene.scene_id}: recomposition {psnr:.1f} dB"
+        assert psnr == pytest.approx(scene.ground_truth["recomposition_psnr"], abs=1e-6)
+
+
+def test_background_equals_photo_outside_the_objects(rendered):
+    for _, scene in rendered:
+        covered = (scene.layers()[..., 3] > 0).any(axis=0)
+        diff = np.abs(scene.image(schema.BACKGROUND).astype(int) - scene.image(schema.RGB).astype(int))
+        assert diff[~covered].max() <= 1
+        assert diff[covered].max() > 10  # the objects really are gone from the background
+
+
+def test_ids_agree_with_the_layer_stack(rendered):
+    for spec, scene in rendered:
+        ids = scene.image(schema.IDS)
+        alphas = scene.layers()[..., 3].astype(np.float64) / 255.0
+        stack_ids = modal_ids(alphas)
+        objects = (ids > 0) | (stack_ids > 0)
+        agreement = float(np.mean(ids[objects] == stack_ids[objects]))
+        assert agreement >= 0.95, f"{scene.scene_id}: ids agree with the stack on {agreement:.3f}"
+        assert set(np.unique(ids)) <= set(range(len(spec.objects) + 1))
+        assert scene.num_layers == len(spec.objects)
+
+
+def test_masks_and_depth_match_pyrender(rendered):
+    from synth.pyrender_check import mask_iou, render_amodal
+
+    for spec, scene in rendered:
+        masks, depth = render_amodal(spec)
+        names = [o.name for o in spec.objects]
+        layers = scene.layers()
+        blender_depth = scene.depth()
+        ids = scene.image(schema.IDS)
+        ious = []
+        for k, name in enumerate(scene.ground_truth["order"]):
+            i = names.index(name)
+            ious.append(mask_iou(layers[k][..., 3] > 127, masks[i]))
+            # A one-pixel boundary disagreement costs a small object much more IoU than a large one.
+            assert ious[-1] >= (0.95 if masks[i].sum() >= 300 else 0.8), f"{name}: IoU {ious[-1]:.3f}"
+            inner = (ids == k + 1) & (depth[i] > 0)
+            assert np.median(np.abs(blender_depth[inner] - depth[i][inner])) < 0.005
+        assert np.mean(ious) >= 0.93, f"{scene.scene_id}: IoUs {ious}"
+        table = (ids == 0) & (blender_depth > 0)
+        assert table.any() and (blender_depth[ids > 0] > 0).all()
+
+
+def test_scene_json_is_consistent(rendered):
+    for spec, scene in rendered:
+        doc = json.loads(scene.files[schema.SCENE])
+        gt = doc["ground_truth"]
+        assert SceneSpec.from_dict(doc["spec"]) == spec
+        assert sorted(gt["order"]) == sorted(o.name for o in spec.objects)
+        assert [o["layer"] for o in gt["objects"]] == list(range(len(spec.objects)))
+        ids = scene.image(schema.IDS)
+        for obj in gt["objects"]:
+            assert obj["modal_pixels"] == int((ids == obj["layer"] + 1).sum())
+            assert 0.0 < obj["visible_fraction"] <= 1.0
+        position = {name: k for k, name in enumerate(gt["order"])}
+        dropped = {(e["front"], e["back"]) for e in gt["dropped_edges"]}
+        for edge in gt["occlusion_edges"]:
+            if (edge["front"], edge["back"]) not in dropped:
+                assert position[edge["front"]] < position[edge["back"]]
+        assert gt["render"]["view_transform"] == "Standard" and gt["render"]["samples"] == 8
+        assert np.allclose(np.asarray(gt["camera"]["K"]), np.asarray(spec.camera.intrinsics()))
