@@ -28,7 +28,8 @@ def test_composite_numpy_torch_agree_and_batch():
     rng = np.random.default_rng(0)
     layers, bg = _stack(rng)
     ref = composite(layers, bg)
-    got = composite(torch.from_numpy(layers)[None].repeat(2, 1, 1, 1, 1), torch.from_numpy(bg)[None].repeat(2, 1, 1, 1))
+    batch_layers = torch.from_numpy(layers)[None].repeat(2, 1, 1, 1, 1)
+    got = composite(batch_layers, torch.from_numpy(bg)[None].repeat(2, 1, 1, 1))
     assert got.shape == (2, 3, 5, 6)
     assert np.allclose(got[1].numpy(), ref)
 

@@ -1,0 +1,537 @@
+"""The dataset job: plan N scenes into splits and shards, render them on a pool of Ray actors, write shards.
+
+Reproducibility: scene ``i`` of a dataset with seed ``SEED`` has id ``s{i:08d}`` and scene seed
+``scene_seed(SEED, i)`` (numpy ``SeedSequence([SEED, i])``), so any scene can be re-rendered alone and the
+same command always yields the same shards. Splits are contiguous index ranges (train first) with exact counts
+from the fractions; within a split, shard ``j`` holds the split's scenes ``j*shard_size`` up to
+``(j+1)*shard_size - 1``.
+
+Fault tolerance: a shard is the unit of work. It is written under a temporary name, renamed when all its
+scenes are in, and only then recorded (with its sha256) in the atomically rewritten manifest. A restarted job
+keeps the recorded shards whose bytes still hash right and redoes everything else. Renders go through
+long-lived Ray actors (bpy starts once per actor) with ``max_restarts``/``max_task_retries``, so a worker
+killed mid-render is restarted and its scenes retried; anything Ray gives up on is resubmitted here a bounded
+number of times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cobl.errors import UserError
+from synth import shards as shardlib
+from synth.manifest import SHARDS_DIR, Manifest, ShardRecord, check_shard, load_if_present
+
+DEFAULT_SPLITS = {"train": 0.9, "val": 0.05, "test": 0.05}
+
+
+SAMPLING_ATTEMPTS = 5  # seeds tried per scene when the sampler cannot meet its constraints
+
+
+def scene_seed(dataset_seed: int, index: int, attempt: int = 0) -> int:
+    """Seed of scene ``index``: 63 bits of ``SeedSequence([dataset_seed, index])`` (independent streams).
+
+    Should the sampler fail on that seed (SamplingError), the job moves on deterministically to
+    ``SeedSequence([dataset_seed, index, attempt])`` for attempt 1, 2, ...; scene.json records the seed used.
+    """
+    entropy = [int(dataset_seed), int(index)] + ([int(attempt)] if attempt else [])
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+def scene_id(index: int) -> str:
+    """The WebDataset key of scene ``index`` (no dots, sorts in index order)."""
+    return f"s{index:08d}"
+
+
+def scene_index(key: str) -> int:
+    if not (key.startswith("s") and key[1:].isdigit()):
+        raise ValueError(f"not a dataset scene id: {key!r}")
+    return int(key[1:])
+
+
+def parse_splits(text: str) -> dict[str, float]:
+    """``"train=0.9,val=0.05,test=0.05"`` -> ordered fractions summing to 1."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, value = part.partition("=")
+        try:
+            frac = float(value)
+        except ValueError:
+            frac = -1.0
+        if (
+            not eq
+            or not shardlib.SHARD_PATTERN.match(f"{name}-000000.tar")
+            or not 0 <= frac <= 1
+            or name in out
+        ):
+            raise UserError(
+                f"--split: {part!r} should be NAME=FRACTION (lower-case name, fraction in [0, 1])"
+            )
+        out[name] = frac
+    if not out or not math.isclose(sum(out.values()), 1.0, abs_tol=1e-6):
+        raise UserError(f"--split: fractions {out} should sum to 1")
+    return out
+
+
+def split_counts(num_scenes: int, splits: dict[str, float]) -> dict[str, int]:
+    """Exact per-split counts (largest remainder; ties go to the earlier split)."""
+    raw = {name: frac * num_scenes for name, frac in splits.items()}
+    counts = {name: int(math.floor(v)) for name, v in raw.items()}
+    order = sorted(splits, key=lambda n: (-(raw[n] - counts[n]), list(splits).index(n)))
+    for name in order[: num_scenes - sum(counts.values())]:
+        counts[name] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    split: str
+    index: int
+    scenes: tuple[int, ...]  # dataset scene indices, ascending
+
+    @property
+    def name(self) -> str:
+        return shardlib.shard_name(self.split, self.index)
+
+
+def plan_shards(num_scenes: int, splits: dict[str, float], shard_size: int) -> list[ShardPlan]:
+    plans: list[ShardPlan] = []
+    start = 0
+    for split, count in split_counts(num_scenes, splits).items():
+        for j, lo in enumerate(range(0, count, shard_size)):
+            hi = min(lo + shard_size, count)
+            plans.append(ShardPlan(split, j, tuple(range(start + lo, start + hi))))
+        start += count
+    return plans
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Everything that determines the dataset's bytes (workers and cluster address do not)."""
+
+    num_scenes: int
+    seed: int = 0
+    resolution: int = 128
+    samples: int = 16
+    engine: str = "CYCLES"
+    splits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SPLITS))
+    shard_size: int = 1000
+    layer_slots: int = 0  # layer members per sample: the sampler's maximum object count
+    sampler: dict[str, Any] = field(default_factory=dict)  # every SamplerConfig field
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationConfig:
+        return cls(**data)
+
+    def plan(self) -> list[ShardPlan]:
+        return plan_shards(self.num_scenes, self.splits, self.shard_size)
+
+
+def make_config(
+    num_scenes: int,
+    *,
+    seed: int = 0,
+    resolution: int = 128,
+    samples: int = 16,
+    engine: str = "CYCLES",
+    splits: dict[str, float] | None = None,
+    shard_size: int = 1000,
+    sampler_overrides: dict[str, Any] | None = None,
+) -> GenerationConfig:
+    """Validate options and freeze the sampler config into a :class:`GenerationConfig`."""
+    from synth.sampler import SamplerConfig
+
+    for name, value, lo in (
+        ("--scenes", num_scenes, 1),
+        ("--res", resolution, 8),
+        ("--samples", samples, 1),
+        ("--shard-size", shard_size, 1),
+    ):
+        if value < lo:
+            raise UserError(f"{name}: {value} should be >= {lo}")
+    if engine not in ("CYCLES", "BLENDER_EEVEE"):
+        raise UserError(f"--engine: {engine!r} should be CYCLES or BLENDER_EEVEE")
+    overrides = dict(sampler_overrides or {})
+    # the image and render settings live in the sampler config, which builds the spec's camera and render
+    overrides.update(width=resolution, height=resolution, samples=samples, engine=engine)
+    overrides.setdefault("check_res", min(64, resolution))  # as `cobl synth scene` does, so its scenes match
+    try:
+        sampler = SamplerConfig(**_sampler_kwargs(SamplerConfig, overrides, strict=True))
+    except (TypeError, ValueError) as err:
+        raise UserError(f"sampler config: {err}") from None
+    return GenerationConfig(
+        num_scenes=num_scenes,
+        seed=seed,
+        resolution=resolution,
+        samples=samples,
+        engine=engine,
+        splits=dict(splits or DEFAULT_SPLITS),
+        shard_size=shard_size,
+        layer_slots=max_objects(sampler),
+        sampler=_jsonable(dataclasses.asdict(sampler)),
+    )
+
+
+def max_objects(sampler_config: Any) -> int:
+    """The most objects a scene can have under this sampler config (= layer slots per sample)."""
+    return int(sampler_config.max_objects)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def dataset_scene_spec(config: GenerationConfig, index: int):
+    """The SceneSpec of scene ``index`` exactly as the dataset job renders it (for re-rendering one scene)."""
+    from synth.sampler import SamplerConfig, SamplingError, sample_scene
+
+    sampler = SamplerConfig(**_sampler_kwargs(SamplerConfig, config.sampler))
+    for attempt in range(SAMPLING_ATTEMPTS):
+        try:
+            return sample_scene(scene_seed(config.seed, index, attempt), sampler, scene_id(index))
+        except SamplingError:
+            if attempt == SAMPLING_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _sampler_kwargs(cls: Any, data: dict[str, Any], strict: bool = False) -> dict[str, Any]:
+    """JSON lists back to the tuples a frozen SamplerConfig expects."""
+    if strict:
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown SamplerConfig field(s) {sorted(unknown)}")
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            v = data[f.name]
+            out[f.name] = _tuplify(v) if isinstance(v, list) else v
+    return out
+
+
+def _tuplify(v: Any) -> Any:
+    return tuple(_tuplify(x) for x in v) if isinstance(v, list) else v
+
+
+# ----------------------------------------------------------------------------------------------------
+# progress
+
+
+class Progress:
+    """One log line every ``interval`` seconds: done/total, rate, ETA, failures.
+
+    Hand-written rather than a tqdm bar because the job mostly runs with its output in a log file (a Ray
+    job, a cluster head), where carriage-return bars are unreadable.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        done: int,
+        total_shards: int,
+        done_shards: int,
+        log: Callable[[str], None],
+        interval: float = 5.0,
+    ):
+        self.total, self.done, self.start_done = total, done, done
+        self.total_shards, self.done_shards = total_shards, done_shards
+        self.failures = 0
+        self.log, self.interval = log, interval
+        self.t0 = time.monotonic()
+        self.last = -math.inf
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.t0
+        return (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+
+    def line(self) -> str:
+        rate = self.rate
+        remaining = self.total - self.done
+        eta = _fmt_seconds(remaining / rate) if rate > 0 else "?"
+        return (
+            f"[synth] {self.done}/{self.total} scenes ({100.0 * self.done / max(self.total, 1):.1f}%), "
+            f"{rate:.2f} scenes/s, ETA {eta}, failures {self.failures}, "
+            f"shards {self.done_shards}/{self.total_shards}"
+        )
+
+    def tick(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= self.interval:
+            self.last = now
+            self.log(self.line())
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+# ----------------------------------------------------------------------------------------------------
+# resume
+
+
+def prepare_output(
+    out: Path, config: GenerationConfig, log: Callable[[str], None]
+) -> tuple[Manifest, list[ShardPlan]]:
+    """Load or create the manifest; keep verified shards, delete everything else; return the shards to do."""
+    shard_dir = out / SHARDS_DIR
+    manifest = load_if_present(out)
+    if manifest is None:
+        if shard_dir.is_dir() and any(shard_dir.iterdir()):
+            raise UserError(f"{out}: has {SHARDS_DIR}/ but no manifest.json; not a resumable cobl dataset")
+        manifest = Manifest(config=config.to_dict())
+    elif manifest.config != config.to_dict():
+        diff = sorted(
+            k
+            for k in set(manifest.config) | set(config.to_dict())
+            if manifest.config.get(k) != config.to_dict().get(k)
+        )
+        raise UserError(
+            f"{out}/manifest.json: generation config differs in {diff}; "
+            "resume with the same options or use a new --out"
+        )
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    plans = config.plan()
+    planned = {p.name for p in plans}
+    todo: list[ShardPlan] = []
+    for plan in plans:
+        rec = manifest.shards.get(plan.name)
+        if rec is not None:
+            why = check_shard(shard_dir / plan.name, rec)
+            if why is None:
+                continue
+            log(f"[synth] redoing {plan.name}: {why}")
+            del manifest.shards[plan.name]
+        todo.append(plan)
+    for name in set(manifest.shards) - planned:  # cannot happen with an equal config; be strict anyway
+        del manifest.shards[name]
+    todo_names = {p.name for p in todo}
+    for path in shard_dir.iterdir():
+        # temp files of killed writes, and finished-but-unrecorded shards (killed between rename and record)
+        if path.name.endswith(".tmp") or path.name in todo_names:
+            path.unlink()
+    manifest.complete = not todo
+    manifest.save(out)
+    return manifest, todo
+
+
+# ----------------------------------------------------------------------------------------------------
+# the Ray driver
+
+
+@dataclass
+class Summary:
+    scenes_total: int
+    scenes_rendered: int
+    shards_total: int
+    shards_written: int
+    shards_kept: int
+    failures: int
+    worker_restarts: int
+    seconds: float
+
+    def line(self) -> str:
+        rate = self.scenes_rendered / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"[synth] done: {self.scenes_total} scenes in {self.shards_total} shards "
+            f"({self.shards_written} written, {self.shards_kept} kept from before); rendered "
+            f"{self.scenes_rendered} scenes in {_fmt_seconds(self.seconds)} ({rate:.2f} scenes/s); "
+            f"failures {self.failures}, worker restarts {self.worker_restarts}"
+        )
+
+
+class GenerationError(RuntimeError):
+    pass
+
+
+def ensure_ray(workers: int, address: str | None) -> None:
+    """Join ``address``, reuse an already initialised Ray, or start a private local instance."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # address="local" always starts a fresh instance, never attaching to someone else's cluster.
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=True)
+
+
+def run_generation(
+    out: str | os.PathLike,
+    config: GenerationConfig,
+    *,
+    workers: int = 1,
+    address: str | None = None,
+    retries: int = 3,
+    log: Callable[[str], None] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    progress_interval: float = 5.0,
+    worker_resource: str | None = None,
+) -> Summary:
+    """Render every scene of ``config`` not yet in a verified shard under ``out``; return a summary.
+
+    ``on_result`` sees each scene's result (index, key, pid, seconds, rss_mb) as it arrives (tests use it).
+    ``worker_resource`` names a custom Ray resource the actors each take one unit of (``render`` on the
+    cluster of ray_cluster.yaml), which keeps Blender off the GPU training nodes.
+    """
+    import ray
+
+    from synth.worker import RenderWorker
+
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    if workers < 1:
+        raise UserError(f"--workers: {workers} should be >= 1")
+    if retries < 0:
+        raise UserError(f"--retries: {retries} should be >= 0")
+    out = Path(out)
+    t0 = time.monotonic()
+    manifest, todo = prepare_output(out, config, log)
+    plans = config.plan()
+    done_scenes = sum(len(p.scenes) for p in plans) - sum(len(p.scenes) for p in todo)
+    progress = Progress(
+        config.num_scenes, done_scenes, len(plans), len(plans) - len(todo), log, progress_interval
+    )
+    summary = Summary(config.num_scenes, 0, len(plans), 0, len(plans) - len(todo), 0, 0, 0.0)
+    if not todo:
+        log(f"[synth] {out}: all {len(plans)} shards present and verified; nothing to do")
+        summary.seconds = time.monotonic() - t0
+        return summary
+    log(
+        f"[synth] {out}: {len(todo)} of {len(plans)} shards to render "
+        f"({config.num_scenes - done_scenes} scenes) on {workers} worker(s)"
+    )
+
+    ensure_ray(workers, address)
+    progress.t0 = time.monotonic()  # the rate (and ETA) counts rendering time, not Ray's start-up
+    resources = {worker_resource: 1} if worker_resource else None
+    actor_cls = ray.remote(RenderWorker).options(
+        num_cpus=1, resources=resources, max_restarts=-1, max_task_retries=retries, max_concurrency=1
+    )
+    threads = 1 if workers > 1 else 0
+    cfg_dict = config.to_dict()
+    actors = [actor_cls.remote(cfg_dict, threads) for _ in range(workers)]
+    last_pid: dict[int, int] = {}
+
+    queue = [(i, p) for p in todo for i in p.scenes]  # shard order, so few shards are open at once
+    queue.reverse()
+    shard_of = {i: p for p in todo for i in p.scenes}
+    buffers: dict[str, dict[int, tuple[str, dict[str, bytes]]]] = {p.name: {} for p in todo}
+    attempts: dict[int, int] = {}
+    inflight: dict[Any, tuple[int, int, Any]] = {}  # future -> (scene index, actor slot, actor)
+    load = [0] * workers
+    per_actor = 2  # one rendering, one queued, so an actor never waits on the driver
+
+    def submit() -> None:
+        while queue:
+            slot = min(range(workers), key=lambda s: load[s])
+            if load[slot] >= per_actor:
+                return
+            index, _ = queue.pop()
+            inflight[actors[slot].render.remote(index)] = (index, slot, actors[slot])
+            load[slot] += 1
+
+    try:
+        submit()
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=progress_interval)
+            if not ready:
+                progress.tick()
+                continue
+            fut = ready[0]
+            index, slot, actor = inflight.pop(fut)
+            load[slot] -= 1
+            try:
+                result = ray.get(fut)
+            except (
+                ray.exceptions.RayActorError,
+                ray.exceptions.RayTaskError,
+                ray.exceptions.WorkerCrashedError,
+            ) as err:
+                progress.failures += 1
+                summary.failures += 1
+                attempts[index] = attempts.get(index, 0) + 1
+                log(
+                    f"[synth] scene {scene_id(index)} failed (attempt {attempts[index]}): "
+                    f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+                )
+                if attempts[index] > retries:
+                    raise GenerationError(
+                        f"scene {scene_id(index)} failed {attempts[index]} times; "
+                        f"{summary.shards_written} shards written this run are kept"
+                    ) from err
+                if isinstance(err, ray.exceptions.RayActorError) and actors[slot] is actor:
+                    ray.kill(actor)  # Ray gave up on it: replace it (once, not per failed call)
+                    actors[slot] = actor_cls.remote(cfg_dict, threads)
+                queue.append((index, shard_of[index]))
+                submit()
+                continue
+            pid = result["pid"]
+            if slot in last_pid and last_pid[slot] != pid:
+                summary.worker_restarts += 1
+                progress.failures += 1
+                log(
+                    f"[synth] worker {slot} restarted (pid {last_pid[slot]} -> {pid}); Ray retried its scenes"
+                )
+            last_pid[slot] = pid
+            if on_result is not None:
+                on_result({k: v for k, v in result.items() if k != "members"})
+            plan = shard_of[index]
+            buffers[plan.name][index] = (result["key"], result["members"])
+            summary.scenes_rendered += 1
+            progress.done += 1
+            submit()
+            if len(buffers[plan.name]) == len(plan.scenes):
+                _finish_shard(out, manifest, plan, buffers.pop(plan.name))
+                summary.shards_written += 1
+                progress.done_shards += 1
+                progress.tick(force=True)
+            else:
+                progress.tick()
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    manifest.complete = len(manifest.shards) == len(plans)
+    manifest.save(out)
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def _finish_shard(
+    out: Path, manifest: Manifest, plan: ShardPlan, samples: dict[int, tuple[str, dict[str, bytes]]]
+) -> None:
+    ordered = [samples[i] for i in plan.scenes]
+    count, size, digest = shardlib.write_shard(out / SHARDS_DIR / plan.name, ordered)
+    manifest.shards[plan.name] = ShardRecord(
+        name=plan.name,
+        split=plan.split,
+        index=plan.index,
+        num_samples=count,
+        bytes=size,
+        sha256=digest,
+        first_key=ordered[0][0],
+        last_key=ordered[-1][0],
+    )
+    manifest.save(out)
