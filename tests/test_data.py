@@ -1,0 +1,124 @@
+"""Shard reading: decoding, padding, skipping, splitting over workers, resuming, URL expansion."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from cobl.data import TooManyObjects, decode_sample, expand_urls, make_dataset, make_loader
+from cobl.errors import UserError
+from cobl.layers import EMPTY_RGB, composite
+from synth import schema
+from tests.shardmaker import make_scene, scene_members, write_shard
+
+torch.set_num_threads(1)
+
+
+def _members(num_objects: int, max_layers: int, size: int = 32, seed: int = 0) -> dict:
+    scene = make_scene(np.random.default_rng(seed), size, num_objects)
+    files = scene_members(scene, max_layers, "k0")
+    files["__key__"] = "k0"
+    return files, scene
+
+
+def test_decode_sample_pads_with_empty_slots_and_recomposites():
+    files, scene = _members(2, max_layers=3)
+    out = decode_sample(files, num_slots_k=4, resolution=32)
+    assert out["layers"].shape == (4, 4, 32, 32) and out["num_objects"] == 2 and out["key"] == "k0"
+    torch.testing.assert_close(out["layers"][:2, 3], torch.from_numpy(scene["layers"][:, 3]))
+    for k in (2, 3):  # padding: alpha 0 and the neutral colour
+        assert out["layers"][k, 3].max() == 0
+        torch.testing.assert_close(
+            out["layers"][k, :3], torch.tensor(EMPTY_RGB).view(3, 1, 1).expand(3, 32, 32)
+        )
+    # Front-to-back order preserved: the composite of the decoded stack is the photo.
+    torch.testing.assert_close(composite(out["layers"], out["background"]), out["photo"], atol=2e-3, rtol=0)
+    assert out["ids"].max() <= 2 and out["scene"]["scene_id"] == "k0"
+
+
+def test_decode_sample_resizes_consistently():
+    files, _ = _members(2, max_layers=2, size=64)
+    out = decode_sample(files, num_slots_k=2, resolution=32)
+    assert (
+        out["photo"].shape == (3, 32, 32)
+        and out["layers"].shape == (2, 4, 32, 32)
+        and out["ids"].shape == (32, 32)
+    )
+    assert torch.all((out["layers"] >= 0) & (out["layers"] <= 1))
+    err = (composite(out["layers"], out["background"]) - out["photo"]).abs().mean()
+    assert err < 0.02
+
+
+def test_too_many_objects_and_corrupt_samples_are_skipped_and_counted(tmp_path):
+    files, _ = _members(3, max_layers=3)
+    with pytest.raises(TooManyObjects):
+        decode_sample(files, num_slots_k=2, resolution=32)
+    write_shard(tmp_path / "a.tar", 6, max_objects=3, seed=1, corrupt=(1, 4))
+    ds = make_dataset(str(tmp_path / "a.tar"), k=3, resolution=32, shuffle=False, epochs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = list(ds)
+    assert len(got) == 4 and ds.counts["corrupt"] == 2
+    assert any("skipping" in str(w.message) for w in caught)
+    assert got[-1]["skipped"]["corrupt"] == 2
+
+    ds2 = make_dataset(str(tmp_path / "a.tar"), k=1, resolution=32, shuffle=False, epochs=1)
+    kept = list(ds2)
+    assert all(s["num_objects"] <= 1 for s in kept)
+    assert ds2.counts["too_many_objects"] + len(kept) + ds2.counts["corrupt"] == 6
+
+
+def test_truncated_shard_does_not_crash(tmp_path):
+    write_shard(tmp_path / "b.tar", 4, seed=2)
+    data = (tmp_path / "b.tar").read_bytes()
+    (tmp_path / "c.tar").write_bytes(data[: len(data) // 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = list(make_dataset(str(tmp_path / "c.tar"), k=3, resolution=32, shuffle=False, epochs=1))
+    assert 0 < len(got) < 4
+
+
+def test_workers_split_shards_and_resume_continues_the_stream(tmp_path):
+    keys = []
+    for i in range(2):
+        keys += write_shard(tmp_path / f"s-{i}.tar", 5, seed=i)
+    pattern = str(tmp_path / "s-{0..1}.tar")
+    ds = make_dataset(pattern, k=3, resolution=32, shuffle=True, seed=3, shuffle_buffer=4, epochs=1)
+    got = list(make_loader(ds, num_workers=2))
+    assert sorted(s["key"] for s in got) == sorted(keys)  # each sample exactly once across the workers
+    assert {s["worker"] for s in got} == {0, 1}
+
+    full = [s["key"] for s in make_dataset(pattern, k=3, resolution=32, seed=3, shuffle_buffer=4, epochs=3)]
+    stopped = make_dataset(pattern, k=3, resolution=32, seed=3, shuffle_buffer=4, epochs=3)
+    first = [s for _, s in zip(range(7), stopped, strict=False)]
+    skip = {first[-1]["worker"]: first[-1]["position"] + 1}
+    resumed = make_dataset(pattern, k=3, resolution=32, seed=3, shuffle_buffer=4, epochs=3, skip=skip)
+    assert [s["key"] for s in first] + [s["key"] for s in resumed] == full
+    assert full[:10] != full[10:20]  # epochs are reshuffled
+
+
+def test_expand_urls_braces_globs_and_errors(tmp_path):
+    for i in range(3):
+        write_shard(tmp_path / f"train-{i:06d}.tar", 1, seed=i)
+    assert len(expand_urls(str(tmp_path / "train-{000000..000002}.tar"))) == 3
+    assert len(expand_urls(str(tmp_path / "train-*.tar"))) == 3
+    with pytest.raises(UserError, match="no shard file matches"):
+        expand_urls(str(tmp_path / "nothing-*.tar"))
+    with pytest.raises(UserError, match="missing: .*train-000003"):
+        expand_urls(str(tmp_path / "train-{000000..000009}.tar"))
+
+
+def test_written_shard_follows_the_schema(tmp_path):
+    write_shard(tmp_path / "d.tar", 2, max_objects=2, max_layers=4, seed=0)
+    with tarfile.open(tmp_path / "d.tar") as tar:
+        names = tar.getnames()
+    first_key = names[0].split(".")[0]
+    assert [n.split(".", 1)[1] for n in names if n.startswith(first_key)] == schema.member_names(4)
+    sample = next(iter(wds.WebDataset(str(tmp_path / "d.tar"), shardshuffle=False)))
+    assert np.load(io.BytesIO(sample[schema.DEPTH])).shape == (32, 32)

@@ -1,0 +1,237 @@
+"""CObLModel, cross-slot attention, codecs and the exported bundle, on tiny shapes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+from cobl.bundle import build, load_bundle, save_bundle
+from cobl.codec import SpaceToDepthCodec, VAECodec
+from cobl.configs import get_config, sd_config, tiny_config
+from cobl.cross_slot import CrossSlotAttention
+from cobl.errors import UserError
+from cobl.layers import composite
+from cobl.model import CObLModel
+
+torch.set_num_threads(1)
+
+
+def tiny_unet(in_channels: int = 4, sample_size: int = 8) -> UNet2DConditionModel:
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=8,
+    )
+
+
+def tiny_vae() -> AutoencoderKL:
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+
+
+def _inputs(b=2, s=3, c=8, cp=4, hw=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(b, s, c, hw, hw, generator=g),
+        torch.tensor([10, 500])[:b],
+        torch.randn(b, cp, hw, hw, generator=g),
+    )
+
+
+@pytest.mark.parametrize("full_max_tokens", [1024, 0])  # full attention everywhere / per-pixel everywhere
+def test_zero_init_equals_frozen_unet_per_slot(full_max_tokens):
+    unet = tiny_unet()
+    model = CObLModel.from_unet(
+        unet,
+        num_slots=3,
+        slot_channels=8,
+        photo_channels=4,
+        null_cond_tokens=2,
+        cross_slot_head_dim=16,
+        full_attention_max_tokens=full_max_tokens,
+    )
+    with torch.no_grad():
+        model.null_encoder_hidden_states.normal_()
+    noisy, t, photo = _inputs()
+    with torch.no_grad():
+        out = model(noisy, t, photo)
+        assert out.shape == noisy.shape
+        cond = model.null_encoder_hidden_states.expand(2, -1, -1)
+        for s in range(3):
+            ref = unet(noisy[:, s, :4], t, encoder_hidden_states=cond).sample
+            torch.testing.assert_close(out[:, s, :4], ref, atol=1e-5, rtol=1e-5)
+        assert out[:, :, 4:].abs().max() == 0  # alpha half of conv_out starts at zero
+    blocks = [m for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
+    assert len(model.cross_slot_modules()) == len(blocks) == 4  # one per transformer block
+
+
+@pytest.mark.parametrize("full_max_tokens", [1024, 0])
+def test_cross_slot_attention_mixes_slots_once_trained(full_max_tokens):
+    unet = tiny_unet()
+    model = CObLModel.from_unet(
+        unet, 3, 8, 4, null_cond_tokens=2, cross_slot_head_dim=16, full_attention_max_tokens=full_max_tokens
+    )
+    noisy, t, photo = _inputs()
+    changed = noisy.clone()
+    changed[:, 2] += 1.0  # perturb the background slot only
+    with torch.no_grad():
+        same = (model(noisy, t, photo)[:, 0] - model(changed, t, photo)[:, 0]).abs().max()
+        for m in model.cross_slot_modules():
+            m.attn.to_out[0].weight.normal_(std=0.1)
+        mixed = (model(noisy, t, photo)[:, 0] - model(changed, t, photo)[:, 0]).abs().max()
+    assert same == 0  # zero-initialised: slots are independent
+    assert mixed > 1e-4  # trained: slot 0 sees the background slot
+
+
+def test_slot_embedding_orders_slots():
+    cross = CrossSlotAttention(dim=32, num_slots=3, head_dim=16)
+    with torch.no_grad():
+        cross.attn.to_out[0].weight.normal_()
+    x = torch.randn(1, 5, 32).repeat(3, 1, 1)  # three identical slots
+    out = cross(x)
+    assert (out[0] - out[1]).abs().max() > 1e-5  # positions tell identical slots apart
+
+
+def test_trainable_parameters_are_only_new_modules():
+    model = CObLModel.from_unet(tiny_unet(), 3, 8, 4, null_cond_tokens=2, cross_slot_head_dim=16)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all(
+        ("conv_in" in n or "conv_out" in n or "cross_slot" in n or "null_" in n) for n in names
+    )
+    assert any("cross_slot" in n for n in names)
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert any("attn1.attn.to_q" in n for n in frozen)
+
+
+def test_save_load_roundtrip(tmp_path):
+    model = CObLModel.from_unet(tiny_unet(), 3, 8, 4, null_cond_tokens=2, cross_slot_head_dim=16)
+    with torch.no_grad():
+        for m in model.cross_slot_modules():
+            m.attn.to_out[0].weight.normal_(std=0.1)
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = CObLModel.from_pretrained(tmp_path / "m")
+    noisy, t, photo = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(noisy, t, photo), model(noisy, t, photo))
+
+
+def test_space_to_depth_codec_is_lossless_and_sets_background_alpha():
+    codec = SpaceToDepthCodec(4)
+    layers, bg = torch.rand(2, 3, 4, 32, 32), torch.rand(2, 3, 32, 32)
+    lat = codec.encode_layers(layers, bg)
+    assert lat.shape == (2, 4, 64, 8, 8) and codec.latent_channels == 64
+    assert codec.encode_photo(bg).shape == (2, codec.photo_channels, 8, 8)
+    back_layers, back_bg = codec.decode_layers(lat)
+    torch.testing.assert_close(back_layers, layers)
+    torch.testing.assert_close(back_bg, bg)
+    bg_slot = torch.nn.functional.pixel_shuffle(lat[:, -1], 4)
+    assert torch.all(bg_slot[:, 3] == 1)  # background carries alpha 1 (in [-1, 1] units)
+
+
+def test_vae_codec_shapes_and_gradients():
+    codec = VAECodec(tiny_vae())
+    layers = torch.rand(1, 2, 4, 32, 32)
+    bg = torch.rand(1, 3, 32, 32)
+    lat = codec.encode_layers(layers, bg).requires_grad_(True)
+    assert lat.shape == (1, 3, 8, 16, 16)
+    dec_layers, dec_bg = codec.decode_layers(lat)
+    assert dec_layers.shape == layers.shape and dec_bg.shape == bg.shape
+    composite(dec_layers, dec_bg).mean().backward()  # guidance differentiates through decode
+    assert lat.grad is not None and lat.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in codec.parameters())
+
+
+def _write_sd_folder(path):
+    tiny_unet(sample_size=16).save_pretrained(path / "unet")
+    tiny_vae().save_pretrained(path / "vae")
+    DDPMScheduler(beta_schedule="scaled_linear", prediction_type="epsilon").save_pretrained(
+        path / "scheduler"
+    )
+
+
+def test_sd_config_loads_local_diffusers_folder_and_bundle_roundtrip(tmp_path):
+    _write_sd_folder(tmp_path / "sd")
+    config = sd_config(num_objects=2, resolution=32).replace(null_cond_tokens=3, cross_slot_head_dim=16)
+    model, codec, scheduler = build(config, pretrained=tmp_path / "sd")
+    assert isinstance(codec, VAECodec) and model.num_slots == 3 and model.config.slot_channels == 8
+    assert scheduler.config.beta_schedule == "scaled_linear"
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "sd" / "unet")
+    layers, bg, photo = torch.rand(1, 2, 4, 32, 32), torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        lat = codec.encode_layers(layers, bg)
+        pl = codec.encode_photo(photo)
+        out = model(lat, torch.tensor([300]), pl)
+        ref = unet(lat[:, 1, :4], torch.tensor([300]), encoder_hidden_states=model.null_encoder_hidden_states)
+        torch.testing.assert_close(out[:, 1, :4], ref.sample, atol=1e-5, rtol=1e-5)
+
+    save_bundle(tmp_path / "final", model, codec, scheduler, config, global_step=0)
+    bundle = load_bundle(tmp_path / "final")
+    assert bundle.meta["num_objects"] == 2 and bundle.meta["codec"] == "vae"
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.model(lat, torch.tensor([300]), pl), out)
+
+
+def test_tiny_build_and_bundle(tmp_path):
+    config = tiny_config(num_objects=2, resolution=32)
+    model, codec, scheduler = build(config)
+    assert model.config.train_base and scheduler.config.prediction_type == "sample"
+    before = copy.deepcopy(model.state_dict())
+    save_bundle(tmp_path / "final", model, codec, scheduler, config)
+    bundle = load_bundle(tmp_path / "final")
+    assert isinstance(bundle.codec, SpaceToDepthCodec) and bundle.config == config
+    for k, v in bundle.model.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def test_bad_config_and_pretrained_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="--config"):
+        get_config("huge")
+    with pytest.raises(UserError, match="--pretrained"):
+        build(sd_config(), pretrained=tmp_path)
+    with pytest.raises(UserError, match="resolution"):
+        tiny_config().replace(resolution=30)
+    with pytest.raises(UserError, match="not a CObL model export"):
+        load_bundle(tmp_path)
+
+
+def test_train_vae_saves_a_loadable_vae_with_its_psnr(tmp_path):
+    from cobl.vae import fit_vae
+    from tests.shardmaker import write_shard
+
+    write_shard(tmp_path / "v.tar", 3, size=32, seed=0)
+    report = fit_vae(
+        str(tmp_path / "v.tar"),
+        tmp_path / "vae",
+        resolution=32,
+        max_steps=2,
+        batch_size=2,
+        num_workers=0,
+        eval_scenes=2,
+    )
+    assert report["psnr"] > 0 and report["num_images"] >= 6
+    assert (tmp_path / "vae" / "train_report.json").is_file()
+    model, codec, _ = build(tiny_config(num_objects=2, resolution=32), vae=tmp_path / "vae")
+    assert isinstance(codec, VAECodec) and codec.downsample == 4 and model.config.slot_channels == 8
+    lat = codec.encode_layers(torch.rand(1, 2, 4, 32, 32), torch.rand(1, 3, 32, 32))
+    assert model(lat, torch.tensor([5]), codec.encode_photo(torch.rand(1, 3, 32, 32))).shape == lat.shape

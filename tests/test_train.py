@@ -1,0 +1,167 @@
+"""The trainer: learning on a fixed batch, kill-and-resume, 2-process DDP equivalence, CLI errors, Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cobl.bundle import build, load_bundle
+from cobl.configs import tiny_config
+from cobl.data import collate, decode_sample
+from tests.shardmaker import write_shard
+from train.loop import SimulatedKill, train
+from train.loss import diffusion_loss
+from train.options import TrainOptions
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("shards")
+    for i in range(2):
+        write_shard(root / f"train-{i:06d}.tar", 10, size=32, max_objects=3, seed=i)
+    return str(root / "train-{000000..000001}.tar")
+
+
+def _opts(shards: str, out: Path, **kw) -> TrainOptions:
+    base = dict(
+        data=shards,
+        out=str(out),
+        num_objects=3,
+        resolution=32,
+        max_steps=4,
+        batch_size=2,
+        checkpoint_every=2,
+        validate_every=0,
+        num_workers=1,
+        log_every=1,
+        progress=False,
+        shuffle_buffer=8,
+    )
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tmp_path):
+    write_shard(tmp_path / "s.tar", 4, size=32, max_objects=3, seed=5)
+    import webdataset as wds
+
+    raw = list(wds.WebDataset(str(tmp_path / "s.tar"), shardshuffle=False))
+    batch = collate([decode_sample(s, 3, 32) for s in raw])
+    torch.manual_seed(0)
+    model, codec, sched = build(tiny_config(num_objects=3, resolution=32))
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=2e-3)
+    losses = []
+    for _ in range(12):
+        loss = diffusion_loss(model, codec, sched, batch, step=0)  # step fixed: the same noise every time
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_kill_and_resume_continues_the_same_trajectory(shards, tmp_path):
+    full = train(_opts(shards, tmp_path / "full", ema=True))
+    with pytest.raises(SimulatedKill):
+        train(_opts(shards, tmp_path / "cut", ema=True), stop_after_steps=3)  # last checkpoint: step 2
+    resumed = train(_opts(shards, tmp_path / "cut", ema=True, resume="latest"))
+    assert sorted(resumed["losses"]) == [3, 4]
+    for step in (3, 4):
+        assert resumed["losses"][step] == pytest.approx(full["losses"][step], rel=1e-5, abs=1e-6)
+    a = load_file(tmp_path / "full" / "final" / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "cut" / "final" / "unet" / "diffusion_pytorch_model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    meta = json.loads((tmp_path / "full" / "final" / "cobl.json").read_text())
+    assert meta["num_objects"] == 3 and meta["global_step"] == 4 and meta["codec"] == "space_to_depth"
+    assert load_bundle(tmp_path / "full" / "final").model.num_slots == 4
+
+
+def test_two_process_ddp_equals_one_process_with_doubled_batch(shards, tmp_path):
+    single = _opts(
+        shards, tmp_path / "single", max_steps=3, batch_size=4, num_workers=2, checkpoint_every=100
+    )
+    train(single)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "train",
+        "--num-processes",
+        "2",
+        *_argv(
+            _opts(shards, tmp_path / "ddp", max_steps=3, batch_size=2, num_workers=1, checkpoint_every=100)
+        ),
+    ]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_file(tmp_path / "single" / "final" / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "ddp" / "final" / "unet" / "diffusion_pytorch_model.safetensors")
+    changed = 0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
+        changed += int(not torch.equal(a[k], load_bundle_init(k)))
+    assert changed > 0
+
+
+_INIT: dict[str, torch.Tensor] = {}
+
+
+def load_bundle_init(key: str) -> torch.Tensor:
+    """The initial weights (seed 0) of the same model, to check that training moved them."""
+    if not _INIT:
+        torch.manual_seed(0)
+        model, _, _ = build(tiny_config(num_objects=3, resolution=32))
+        _INIT.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+    return _INIT[key]
+
+
+def _argv(opts: TrainOptions) -> list[str]:
+    from train.options import options_to_argv
+
+    return options_to_argv(opts)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "/nonexistent/train-{000000..000003}.tar"], "--data"),
+        (["--config", "enormous"], "--config"),
+        (["--config", "sd"], "--pretrained"),
+    ],
+)
+def test_bad_data_or_config_is_a_one_line_error(shards, tmp_path, capsys, args, message):
+    # ``train.cli.main`` is the handler behind ``cobl train`` and ``python -m train``.
+    from train.cli import main
+
+    argv = ["--data", shards, "--out", str(tmp_path / "run"), "--max-steps", "1", *args]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cobl: error:") and message in lines[0], lines
+    assert not (tmp_path / "run" / "final").exists()
+
+
+# Ray Train wiring: ~40-60 s (Ray start-up); nothing else covers it, so it runs by default.
+def test_ray_train_with_two_local_cpu_workers(shards, tmp_path):
+    pytest.importorskip("ray.train")
+    from train.ray_train import run_ray
+
+    result = run_ray(
+        _opts(shards, tmp_path / "ray", max_steps=2, checkpoint_every=100),
+        num_workers=2,
+        use_gpu=False,
+        local=True,
+    )
+    assert result["global_step"] == 2
+    assert (tmp_path / "ray" / "final" / "cobl.json").is_file()
+    assert load_bundle(tmp_path / "ray" / "final").model.num_slots == 4

@@ -1,0 +1,106 @@
+"""The same training loop across the GPU nodes of a Ray cluster, with Ray Train's ``TorchTrainer``.
+
+Ray starts one worker per GPU (or CPU worker), sets up ``torch.distributed`` (nccl/gloo) and the RANK /
+WORLD_SIZE / LOCAL_RANK environment; ``train.loop.train`` then builds its ``Accelerator`` on top of that
+process group, so DDP, checkpoints, resume and the export behave as under ``accelerate launch``.
+``--out`` must be on storage every node sees (a shared filesystem): checkpoints and the export go there.
+
+    python -m train.ray_train --address auto --num-workers 8 --use-gpu -- \
+        --data '/shared/shards/train-{000000..000099}.tar' --config sd --pretrained /shared/sd21 \
+        --out /shared/runs/cobl --mixed-precision bf16 --gradient-checkpointing --ema
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any
+
+from train.options import TrainOptions
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    import ray.train
+
+    from train.loop import train
+
+    result = train(TrainOptions(**config["options"]))
+    ray.train.report(
+        {"global_step": result["global_step"], "loss": result["losses"].get(result["global_step"])}
+    )
+
+
+def run_ray(
+    opts: TrainOptions,
+    num_workers: int = 2,
+    use_gpu: bool = True,
+    address: str | None = None,
+    local: bool = False,
+) -> dict[str, Any]:
+    """Train with ``num_workers`` Ray Train workers; ``local`` starts a private local Ray instance."""
+    import os
+
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    started = False
+    if not ray.is_initialized():
+        if local:
+            ray.init(num_cpus=max(2, num_workers), include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address or "auto")
+        started = True
+    try:
+        trainer = TorchTrainer(
+            _worker_loop,
+            train_loop_config={"options": dataclasses.asdict(opts)},
+            scaling_config=ScalingConfig(
+                num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu else {"CPU": 1}
+            ),
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            run_config=RunConfig(
+                name="cobl-train", storage_path=os.path.abspath(os.path.join(opts.out, "ray"))
+            ),
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        final = os.path.join(opts.out, "final", "cobl.json")
+        exported = json.loads(open(final).read()) if os.path.isfile(final) else {}
+        return {**exported, **(result.metrics or {}), "final": os.path.dirname(final)}
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cobl.cli import _Parser
+    from cobl.errors import UserError
+    from train.options import add_arguments, options_from_args
+
+    argv = sys.argv[1:] if argv is None else argv
+    ray_argv, train_argv = (
+        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else ([], argv)
+    )
+    rp = argparse.ArgumentParser(prog="python -m train.ray_train")
+    rp.add_argument("--address", default="auto", help="Ray cluster address ('auto' inside the cluster)")
+    rp.add_argument("--num-workers", type=int, default=1, help="training workers (one per GPU)")
+    rp.add_argument("--use-gpu", action="store_true")
+    rp.add_argument("--local", action="store_true", help="start a local Ray instance instead of joining one")
+    ray_args = rp.parse_args(ray_argv)
+    tp = _Parser(prog="python -m train.ray_train ... --")
+    add_arguments(tp)
+    opts = options_from_args(tp.parse_args(train_argv))
+    try:
+        run_ray(opts, ray_args.num_workers, ray_args.use_gpu, ray_args.address, ray_args.local)
+    except UserError as err:
+        print(f"cobl: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
