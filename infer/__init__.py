@@ -1,0 +1,3 @@
+"""Inference and evaluation: ``pipeline`` (CObLPipeline, guided sampling, object discovery), ``guidance``
+(composite guidance maths), ``io`` (photos in, layer files out), ``metrics`` and ``baselines`` (scoring),
+``evaluate`` and ``cli`` (``cobl infer``, ``cobl eval``). Import-light: heavy modules load on use."""

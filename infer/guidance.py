@@ -1,0 +1,256 @@
+"""Composite guidance: nudge the sampler so the predicted layers composite back to the photo.
+
+At a sampler step the denoiser's output gives a prediction of the clean latents ``x0`` of every slot. The
+codec decodes them (differentiably) into object layers and a background, ``cobl.layers.composite`` stacks
+them, and the recomposition error ``L = mean(valid * (composite - photo)^2)`` is differentiated. One
+normalised gradient step is taken per sampler step (as the authors do), with a weight that follows a schedule
+over the sampling progress.
+
+Three ways to get the gradient (``mode``):
+  * ``"x0"``: ``dL/dx0`` through the decoder only, applied to the clean prediction, which the
+    scheduler step then turns into the next latents. This is the latent gradient with the denoiser's Jacobian
+    replaced by its skip path; it costs one decoder forward and backward per step and no denoiser backward.
+  * ``"latents"``: ``dL/dx_t`` through the denoiser as well (exact, about twice the denoiser's cost), applied
+    to the latents after the scheduler step (as in diffusion posterior sampling), except after the last step,
+    whose output is the result itself.
+  * ``"both"`` (default): the two steps together, the denoiser gradient only in the first ``denoiser_until``
+    of the sampling (0.25), where it shapes which slot holds which object, so the cost stays near 1.5x
+    unguided (``bench/bench_guidance.py``).
+Measured on a briefly trained tiny model (600 steps; 24 held-out toy scenes, 32 px, 20 DDIM steps), as amodal
+mIoU / recomposition PSNR: unguided 0.27 / 18 dB; x0 0.29 / 33 dB; latents 0.44 / 22 dB; both with the
+denoiser gradient throughout 0.48 / 33 dB; the default 0.44 / 34 dB. The gradient through the denoiser moves
+objects between slots; the decoder-only one mostly repaints the frontmost slot.
+
+Normalised step: the gradient is divided by its RMS (per sample), and scaled to ``scale * weight(progress) *
+rms(residual)``, so the step shrinks as the recomposition converges instead of overshooting a good fit.
+
+Slot reordering (optional, ``reorder_every``): the authors periodically search the orderings of the object
+slots for the best recomposition. Here the search runs on the decoded prediction in the same [0, 1] range as
+the photo, over the occupied slots only (empty ones go to the back, as in the training data), and the
+permutation is applied to the latents, the current prediction and the scheduler's history together, so every
+later index is fresh.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cobl.layers import ALPHA_CHANNEL, composite
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+SCHEDULES = ("constant", "linear", "late")
+MODES = ("x0", "latents", "both")
+MAX_EXHAUSTIVE_SLOTS = 6  # 720 orderings; above this the search is skipped (documented in the CLI help)
+SEARCH_RESOLUTION = 64  # the order search compares composites at most this big (area-averaged): ranking only
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Guidance settings; ``scale == 0`` turns guidance off (no gradient is computed at all)."""
+
+    scale: float = 1.0
+    schedule: str = "linear"  # weight over progress p in [0, 1]: constant 1, linear start..1, late p**2
+    start_weight: float = 0.25  # weight at the first step for "linear"
+    mode: str = "both"
+    start: float = 0.0  # no guidance (and no gradient) before this fraction of the sampling progress
+    denoiser_until: float = 0.25  # mode "both": the denoiser gradient only up to this fraction of progress
+    reorder_every: int = 0  # search the object slot order every N steps (0 = never)
+    min_area: float = 0.02  # alpha-mass fraction above which a slot counts as occupied (reordering)
+
+    def __post_init__(self) -> None:
+        if self.scale < 0:
+            raise ValueError(f"guidance scale must be >= 0, got {self.scale}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"guidance schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"guidance mode must be one of {MODES}, got {self.mode!r}")
+        if not 0 <= self.start <= 1:
+            raise ValueError(f"guidance start must be a fraction in [0, 1], got {self.start}")
+        if self.reorder_every < 0:
+            raise ValueError(f"reorder_every must be >= 0, got {self.reorder_every}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.scale > 0
+
+    def active(self, step: int, num_steps: int) -> bool:
+        """Whether sampler step ``step`` of ``num_steps`` is guided (a gradient is computed)."""
+        return self.enabled and step / max(1, num_steps - 1) >= self.start
+
+    def uses_denoiser_gradient(self, step: int, num_steps: int) -> bool:
+        """Whether step ``step`` differentiates through the denoiser (modes "latents" and "both")."""
+        if not self.active(step, num_steps) or self.mode == "x0":
+            return False
+        return self.mode == "latents" or step / max(1, num_steps - 1) <= self.denoiser_until
+
+    def uses_decoder_gradient(self, step: int, num_steps: int) -> bool:
+        """Whether step ``step`` takes the decoder-only step on the clean prediction (modes x0 and both)."""
+        return self.active(step, num_steps) and self.mode in ("x0", "both")
+
+    def weight(self, step: int, num_steps: int) -> float:
+        """Schedule weight at sampler step ``step`` of ``num_steps`` (progress 0 at the first, 1 the last)."""
+        progress = step / max(1, num_steps - 1)
+        if self.schedule == "constant":
+            return 1.0
+        if self.schedule == "linear":
+            return self.start_weight + (1 - self.start_weight) * progress
+        return progress**2
+
+
+def _bcast(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return value.to(like.device, like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def predict_x0(
+    model_output: torch.Tensor, sample: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """The clean-latent prediction implied by a denoiser output of the scheduler's ``prediction_type``."""
+    a, s = _bcast(alpha_bar.sqrt(), sample), _bcast((1 - alpha_bar).sqrt(), sample)
+    if prediction_type == "sample":
+        return model_output
+    if prediction_type == "epsilon":
+        return (sample - s * model_output) / a
+    if prediction_type == "v_prediction":
+        return a * sample - s * model_output
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+def output_from_x0(
+    x0: torch.Tensor, sample: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """The denoiser output (of ``prediction_type``) that implies clean prediction ``x0`` at ``sample``.
+
+    Inverse of ``predict_x0`` for fixed ``sample``, so a scheduler step driven by it moves toward ``x0``.
+    """
+    a, s = _bcast(alpha_bar.sqrt(), sample), _bcast((1 - alpha_bar).sqrt(), sample)
+    if prediction_type == "sample":
+        return x0
+    eps = (sample - a * x0) / s
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "v_prediction":
+        return a * eps - s * x0
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+def recomposition_error(
+    layers: torch.Tensor, background: torch.Tensor, photo: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sample mean squared error ``[B]`` between the composite and the photo, over valid pixels."""
+    diff = (composite(layers, background) - photo) ** 2
+    if valid is None:
+        return diff.flatten(1).mean(1)
+    valid = valid.expand_as(diff)
+    return (diff * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1)
+
+
+def decoded_error(
+    decode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    x0: torch.Tensor,
+    photo: torch.Tensor,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``recomposition_error`` of latents ``x0 [B, S, C, h, w]`` decoded by ``decode`` (values clamped to
+    [0, 1] as in the output)."""
+    layers, background = decode(x0)
+    return recomposition_error(layers.clamp(0, 1), background.clamp(0, 1), photo, valid)
+
+
+def normalised_step(grad: torch.Tensor, error: torch.Tensor, size: float) -> torch.Tensor:
+    """The update ``-size * rms(residual) * grad / rms(grad)`` per sample (zero where the gradient is 0)."""
+    rms_grad = grad.flatten(1).pow(2).mean(1).sqrt()
+    scale = size * error.detach().clamp_min(0).sqrt() / rms_grad.clamp_min(1e-12)
+    scale = torch.where(rms_grad > 0, scale, torch.zeros_like(scale))
+    return -_bcast(scale, grad) * grad
+
+
+def guide_x0(
+    x0: torch.Tensor,
+    decode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    photo: torch.Tensor,
+    size: float,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One normalised gradient step on the clean prediction ``x0`` (mode ``"x0"``)."""
+    with torch.enable_grad():
+        x = x0.detach().requires_grad_(True)
+        error = decoded_error(decode, x, photo, valid)
+        (grad,) = torch.autograd.grad(error.sum(), x)
+    return x0 + normalised_step(grad, error, size)
+
+
+def slot_order_error(
+    layers: torch.Tensor,
+    background: torch.Tensor,
+    photo: torch.Tensor,
+    valid: torch.Tensor | None,
+    order: list[int],
+) -> torch.Tensor:
+    """Recomposition error ``[B]`` with the object slots taken in ``order`` (front to back)."""
+    return recomposition_error(layers[:, order], background, photo, valid)
+
+
+def best_slot_order(
+    layers: torch.Tensor,
+    background: torch.Tensor,
+    photo: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    min_area: float = 0.02,
+) -> torch.Tensor:
+    """Per sample, the permutation ``[B, K]`` of object slots whose composite best matches the photo.
+
+    Occupied slots (alpha mass > ``min_area`` of the pixels) are tried in every order (up to
+    ``MAX_EXHAUSTIVE_SLOTS``, else kept as they are) and put first; empty slots follow in their old order.
+    The current order wins ties, so a converged stack is left alone. Images larger than ``SEARCH_RESOLUTION``
+    are compared area-downsampled (the search only ranks orders). ``layers`` and ``photo`` must be in the
+    same [0, 1] range.
+    """
+    layers, background, photo, valid = _shrink(SEARCH_RESOLUTION, layers, background, photo, valid)
+    b, k = layers.shape[:2]
+    perms = []
+    for i in range(b):
+        mass = layers[i, :, ALPHA_CHANNEL].flatten(1).mean(1)
+        occupied = [j for j in range(k) if float(mass[j]) > min_area]
+        empty = [j for j in range(k) if j not in occupied]
+        best, best_err = occupied + empty, None
+        if len(occupied) <= MAX_EXHAUSTIVE_SLOTS:
+            vi = None if valid is None else valid[i : i + 1]
+            for cand in itertools.permutations(occupied):
+                order = list(cand) + empty
+                err = float(
+                    slot_order_error(layers[i : i + 1], background[i : i + 1], photo[i : i + 1], vi, order)[0]
+                )
+                if best_err is None or err < best_err - 1e-12:
+                    best, best_err = order, err
+        perms.append(best)
+    return torch.tensor(perms, dtype=torch.long, device=layers.device)
+
+
+def _shrink(size: int, *images: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Area-downsample ``[..., C, H, W]`` images whose side exceeds ``size`` (None passes through)."""
+    out = []
+    for image in images:
+        if image is None or max(image.shape[-2:]) <= size:
+            out.append(image)
+            continue
+        h, w = image.shape[-2:]
+        scale = size / max(h, w)
+        flat = image.reshape(-1, *image.shape[-3:])
+        small = F.interpolate(flat, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
+        out.append(small.reshape(*image.shape[:-2], *small.shape[-2:]))
+    return out
+
+
+def permute_slots(latents: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Reorder the object slots of ``latents [B, S, ...]`` by ``perm [B, K]`` (K = S - 1; the background slot,
+    the last, stays put)."""
+    b, s = latents.shape[:2]
+    tail = torch.arange(perm.shape[1], s, dtype=perm.dtype, device=perm.device).expand(b, -1)
+    full = torch.cat([perm, tail], 1)
+    index = full.reshape(b, s, *([1] * (latents.dim() - 2))).expand_as(latents)
+    return torch.gather(latents, 1, index.to(latents.device))

@@ -1,0 +1,324 @@
+"""CObLPipeline: photo -> occlusion-ordered RGBA object layers + background, by guided diffusion sampling.
+
+Reads top to bottom as the algorithm: encode the photo, draw noise for every slot, loop over the scheduler's
+timesteps (denoise all slots at once, optionally reorder the object slots, apply composite guidance, step),
+decode. ``decompose`` wraps it for one photo of any size: letterbox to the model's square, sample, map back,
+and keep the slots that hold an object.
+
+Components (diffusers ``save_pretrained``/``from_pretrained``): ``unet`` (``cobl.model.CObLModel``),
+``scheduler``, and ``vae`` (an ``AutoencoderKL`` for the ``vae`` codec, ``None`` for ``space_to_depth``); the
+codec kind and factor are plain config values, and the codec object is rebuilt from them. ``CObLModel`` lives
+outside diffusers, so its module must be imported before loading: this module imports it, which is what
+diffusers' loader looks up (``sys.modules['cobl.model']``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from cobl.bundle import BUNDLE_FILE, load_bundle
+from cobl.codec import SpaceToDepthCodec, VAECodec
+from cobl.errors import UserError
+from cobl.layers import ALPHA_CHANNEL, visible_weights
+from cobl.model import CObLModel
+from infer.guidance import (
+    GuidanceConfig,
+    best_slot_order,
+    decoded_error,
+    guide_x0,
+    normalised_step,
+    output_from_x0,
+    permute_slots,
+    predict_x0,
+)
+from infer.io import Letterbox
+
+SAMPLERS = ("ddim", "dpm")
+MIN_AREA = (
+    0.02  # a slot is an object when its alpha mass exceeds this fraction of the pixels (as the authors)
+)
+MIN_VISIBLE = 0.01  # ... and when more than this fraction of it is visible (fully hidden slots are dropped)
+
+
+@dataclass
+class CObLPipelineOutput(BaseOutput):
+    """Decoded stack at the model's resolution, values in [0, 1]."""
+
+    layers: torch.Tensor  # [B, K, 4, R, R], slot 0 frontmost, every slot (empty ones included)
+    background: torch.Tensor  # [B, 3, R, R]
+    latents: torch.Tensor  # [B, S, C, h, w], the final clean latents
+
+
+class CObLPipeline(DiffusionPipeline):
+    """Concurrent object layers from one photo (see the module docstring)."""
+
+    _optional_components = ["vae"]
+    model_cpu_offload_seq = "unet->vae"
+
+    def __init__(
+        self,
+        unet: CObLModel,
+        scheduler: Any,
+        vae: Any = None,
+        codec_kind: str = "space_to_depth",
+        codec_factor: int = 4,
+    ):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+        self.register_to_config(codec_kind=codec_kind, codec_factor=codec_factor)
+        if codec_kind == "space_to_depth":
+            self.codec = SpaceToDepthCodec(codec_factor)
+        elif codec_kind == "vae":
+            if vae is None:
+                raise ValueError("codec_kind 'vae' needs the vae component")
+            self.codec = VAECodec(vae)
+        else:
+            raise ValueError(f"codec_kind must be 'space_to_depth' or 'vae', got {codec_kind!r}")
+
+    @classmethod
+    def from_parts(cls, unet: CObLModel, scheduler: Any, codec: Any) -> CObLPipeline:
+        """Assemble from a model, a scheduler and a ``cobl.codec`` codec (as the trainer holds them)."""
+        if isinstance(codec, VAECodec):
+            return cls(unet=unet, scheduler=scheduler, vae=codec.vae, codec_kind="vae")
+        return cls(unet=unet, scheduler=scheduler, vae=None, codec_kind=codec.kind, codec_factor=codec.factor)
+
+    @property
+    def num_objects(self) -> int:
+        return self.unet.config.num_slots - 1
+
+    @property
+    def resolution(self) -> int:
+        """Square input size: the UNet's sample size times the codec's downsampling."""
+        sample = self.unet.unet.config.sample_size
+        sample = sample[0] if isinstance(sample, (list, tuple)) else sample
+        return int(sample) * int(self.codec.downsample)
+
+    def use_sampler(self, name: str) -> None:
+        """Swap the scheduler for DDIM or DPM-Solver++ with the same noise schedule and prediction type."""
+        if name not in SAMPLERS:
+            raise UserError(f"--sampler: expected one of {SAMPLERS}, got {name!r}")
+        kind = DDIMScheduler if name == "ddim" else DPMSolverMultistepScheduler
+        if not isinstance(self.scheduler, kind):
+            self.scheduler = kind.from_config(self.scheduler.config)
+
+    def _decode(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.codec.decode_layers(latents)
+
+    def _permute_history(self, perm: torch.Tensor) -> None:
+        """Multistep schedulers keep earlier predictions; they must follow a slot reordering."""
+        outputs = getattr(self.scheduler, "model_outputs", None)
+        if outputs is not None:
+            self.scheduler.model_outputs = [None if o is None else permute_slots(o, perm) for o in outputs]
+        last = getattr(self.scheduler, "last_sample", None)
+        if isinstance(last, torch.Tensor) and last.dim() == 5:
+            self.scheduler.last_sample = permute_slots(last, perm)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        photo: torch.Tensor,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        *,
+        guidance_schedule: str = "linear",
+        guidance_mode: str = "both",
+        guidance_start: float = 0.0,
+        denoiser_gradient_until: float = 0.25,
+        reorder_every: int = 0,
+        valid_mask: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> CObLPipelineOutput | tuple:
+        """Sample the layers of ``photo [B, 3, R, R]`` (values in [0, 1], R = ``self.resolution``).
+
+        ``guidance_scale`` 0 turns composite guidance off; ``valid_mask [B or 1, 1, R, R]`` excludes padding
+        from the guidance loss; ``guidance_start`` skips guidance (and its cost) in the first part of the
+        sampling; ``reorder_every`` N > 0 searches the object slot order every N steps.
+        """
+        cfg = GuidanceConfig(
+            scale=guidance_scale,
+            schedule=guidance_schedule,
+            mode=guidance_mode,
+            start=guidance_start,
+            denoiser_until=denoiser_gradient_until,
+            reorder_every=reorder_every,
+        )
+        device, dtype = self.unet.device, self.unet.dtype
+        photo = photo.to(device, dtype)
+        if photo.dim() != 4 or photo.shape[1] != 3:
+            raise ValueError(f"photo: expected [B, 3, H, W], got {list(photo.shape)}")
+        valid = None if valid_mask is None else valid_mask.to(device, dtype)
+        b = photo.shape[0]
+        photo_latents = self.codec.encode_photo(photo)
+        shape = (b, self.unet.config.num_slots, self.unet.config.slot_channels, *photo_latents.shape[-2:])
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
+        prediction_type = self.scheduler.config.prediction_type
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        alphas_cumprod = self.scheduler.alphas_cumprod.to(device)
+
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            alpha_bar = alphas_cumprod[t].expand(b)
+            t_batch = t.expand(b)
+            size = cfg.scale * cfg.weight(i, len(timesteps))
+            grad = error = None
+            if cfg.uses_denoiser_gradient(i, len(timesteps)):
+                with torch.enable_grad():
+                    x = latents.detach().requires_grad_(True)
+                    out = self.unet(self.scheduler.scale_model_input(x, t), t_batch, photo_latents)
+                    error = decoded_error(
+                        self._decode, predict_x0(out, x, alpha_bar, prediction_type), photo, valid
+                    )
+                    (grad,) = torch.autograd.grad(error.sum(), x)
+                out = out.detach()
+            else:
+                out = self.unet(self.scheduler.scale_model_input(latents, t), t_batch, photo_latents)
+            x0 = predict_x0(out, latents, alpha_bar, prediction_type)
+
+            if cfg.reorder_every and 0 < i < len(timesteps) - 1 and i % cfg.reorder_every == 0:
+                layers, background = self._decode(x0)
+                perm = best_slot_order(layers, background, photo, valid, cfg.min_area)
+                if not torch.equal(perm, torch.arange(perm.shape[1], device=perm.device).expand_as(perm)):
+                    latents, x0 = permute_slots(latents, perm), permute_slots(x0, perm)
+                    out = permute_slots(out, perm)
+                    grad = None if grad is None else permute_slots(grad, perm)
+                    self._permute_history(perm)
+
+            if cfg.uses_decoder_gradient(i, len(timesteps)):
+                x0 = guide_x0(x0, self._decode, photo, size, valid)
+                out = output_from_x0(x0, latents, alpha_bar, prediction_type)
+            latents = self.scheduler.step(out, t, latents, return_dict=False)[0]
+            if grad is not None and i < len(timesteps) - 1:
+                # Not after the last step: its output is the clean result, and dL/dx_t is not a descent
+                # direction for it (x0 guidance, mode "both", covers the last step).
+                latents = latents + normalised_step(grad, error, size)
+
+        layers, background = self._decode(latents)
+        layers, background = layers.clamp(0, 1), background.clamp(0, 1)
+        if not return_dict:
+            return layers, background, latents
+        return CObLPipelineOutput(layers=layers, background=background, latents=latents)
+
+
+# ---------------------------------------------------------------------------------------------- one photo
+
+
+@dataclass
+class Decomposition:
+    """The objects found in one photo, at the photo's own size, front to back."""
+
+    layers: torch.Tensor  # [N, 4, H, W] kept object layers
+    background: torch.Tensor  # [3, H, W]
+    slots: list[int]  # the model slot each kept layer came from
+    areas: list[float]  # alpha mass / pixel count
+    visible_fractions: list[float]  # visible alpha mass / alpha mass, within the kept stack
+
+
+def discover_objects(
+    layers: torch.Tensor, min_area: float = MIN_AREA, min_visible: float = MIN_VISIBLE
+) -> list[int]:
+    """Slots of ``layers [K, 4, H, W]`` that hold an object: alpha mass above ``min_area`` of the pixels and a
+    visible fraction (behind the slots in front of it) above ``min_visible``."""
+    alphas = layers[:, ALPHA_CHANNEL].double()
+    mass = alphas.flatten(1).sum(1)
+    visible = visible_weights(alphas).flatten(1).sum(1)
+    area = mass / alphas[0].numel()
+    fraction = torch.where(mass > 0, visible / mass.clamp_min(1e-12), torch.zeros_like(mass))
+    return [k for k in range(len(layers)) if area[k] > min_area and fraction[k] > min_visible]
+
+
+def kept_stack(
+    layers: torch.Tensor,
+    background: torch.Tensor,
+    min_area: float = MIN_AREA,
+    min_visible: float = MIN_VISIBLE,
+) -> Decomposition:
+    """Drop the empty / fully hidden slots of one decoded stack ``[K, 4, H, W]``."""
+    slots = discover_objects(layers, min_area, min_visible)
+    kept = layers[slots]
+    alphas = kept[:, ALPHA_CHANNEL].double()
+    mass = alphas.flatten(1).sum(1)
+    visible = visible_weights(alphas).flatten(1).sum(1) if len(slots) else mass
+    return Decomposition(
+        layers=kept,
+        background=background,
+        slots=slots,
+        areas=[float(m) / alphas[0].numel() for m in mass] if len(slots) else [],
+        visible_fractions=[float(v / m) if m > 0 else 0.0 for v, m in zip(visible, mass, strict=True)],
+    )
+
+
+def decompose(
+    pipe: CObLPipeline,
+    photo: torch.Tensor,
+    *,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    min_area: float = MIN_AREA,
+    min_visible: float = MIN_VISIBLE,
+    **kwargs: Any,
+) -> Decomposition:
+    """Layers of one photo ``[3, H, W]`` of any size: letterbox to the model, sample, map back, keep the
+    objects."""
+    box = Letterbox(int(photo.shape[-2]), int(photo.shape[-1]), pipe.resolution)
+    generator = torch.Generator().manual_seed(seed)
+    out = pipe(
+        box.fit(photo)[None],
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        generator=generator,
+        valid_mask=box.valid_mask()[None],
+        **kwargs,
+    )
+    layers = box.unfit(out.layers[0].float().cpu())
+    background = box.unfit(out.background[0].float().cpu())
+    return kept_stack(layers, background, min_area, min_visible)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+MODEL_INDEX = "model_index.json"
+
+
+def load_pipeline(path: str | Path, device: str | torch.device | None = None) -> CObLPipeline:
+    """A pipeline from a saved pipeline folder (``model_index.json``), a trainer export (``cobl.bundle``
+    layout, ``RUN/final``), or a run folder holding ``final/``; anything else is a one-line UserError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"--model {path}: no such model folder")
+    for folder in (path, path / "final"):
+        try:
+            if (folder / MODEL_INDEX).is_file():
+                pipe = CObLPipeline.from_pretrained(folder)
+                break
+            if (folder / BUNDLE_FILE).is_file():
+                bundle = load_bundle(folder)
+                scheduler = DDIMScheduler.from_config(bundle.scheduler.config)
+                pipe = CObLPipeline.from_parts(bundle.model, scheduler, bundle.codec)
+                break
+        except UserError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserError(f"--model {folder}: cannot load the model ({first[:200]})") from None
+    else:
+        raise UserError(
+            f"--model {path}: not a CObL model (expected a run folder with final/, an export with "
+            f"{BUNDLE_FILE}, or a saved pipeline with {MODEL_INDEX})"
+        )
+    pipe.unet.eval()
+    pipe.set_progress_bar_config(disable=True)
+    if device is not None:
+        pipe.to(device)
+    return pipe

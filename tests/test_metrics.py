@@ -1,0 +1,119 @@
+"""Matching and metrics on hand-made layer stacks with known answers."""
+
+import numpy as np
+import pytest
+
+from cobl.layers import composite
+from infer.baselines import visible_only_layers
+from infer.metrics import MAX_PSNR, evaluate_scene, iou_matrix, match_layers, summarize, visible_fractions
+
+
+def _rect_layer(h, w, box, colour):
+    y0, y1, x0, x1 = box
+    layer = np.zeros((4, h, w), np.float32)
+    layer[:3] = 0.5
+    layer[:3, y0:y1, x0:x1] = np.asarray(colour, np.float32)[:, None, None]
+    layer[3, y0:y1, x0:x1] = 1.0
+    return layer
+
+
+def _scene():
+    """Three objects front to back: 0 hides part of 1, 2 is apart; one empty slot at the back."""
+    h = w = 16
+    layers = np.stack(
+        [
+            _rect_layer(h, w, (2, 8, 2, 8), (1.0, 0.0, 0.0)),
+            _rect_layer(h, w, (5, 12, 5, 12), (0.0, 1.0, 0.0)),
+            _rect_layer(h, w, (12, 16, 0, 4), (0.0, 0.0, 1.0)),
+            np.concatenate([np.full((3, h, w), 0.5, np.float32), np.zeros((1, h, w), np.float32)]),
+        ]
+    )
+    background = np.full((3, h, w), 0.2, np.float32)
+    return layers, background, composite(layers, background)
+
+
+def test_iou_matrix_known_values():
+    a = np.zeros((1, 4, 4), bool)
+    a[0, :2] = True  # 8 pixels
+    b = np.zeros((2, 4, 4), bool)
+    b[0, :1] = True  # 4 pixels inside a
+    assert np.allclose(iou_matrix(a, b), [[0.5, 0.0]])
+
+
+def test_perfect_prediction_scores_one():
+    layers, bg, photo = _scene()
+    row = evaluate_scene(layers[:3], bg, layers, photo)
+    assert row["num_true"] == 3 and row["count_accuracy"] == 1.0
+    assert row["amodal_miou"] == pytest.approx(1.0)
+    assert row["layer_psnr"] == MAX_PSNR and row["layer_ssim"] == pytest.approx(1.0)
+    assert row["recomposition_psnr"] == MAX_PSNR
+    assert row["order_pairs"] == 1 and row["order_accuracy"] == 1.0
+    # Object 1 is partly hidden by object 0: 9 of its 49 pixels.
+    vis = [o["visible_fraction"] for o in row["objects"]]
+    assert vis == pytest.approx([1.0, 40 / 49, 1.0])
+    assert row["amodal_miou_occluded"] == pytest.approx(1.0)
+
+
+def test_swapped_order_gives_order_accuracy_zero():
+    layers, bg, photo = _scene()
+    swapped = layers[[1, 0, 2]]
+    row = evaluate_scene(swapped, bg, layers, photo)
+    assert [o["pred_slot"] for o in row["objects"]] == [1, 0, 2]
+    assert row["amodal_miou"] == pytest.approx(1.0)
+    assert row["order_accuracy"] == 0.0
+    assert row["recomposition_psnr"] < 30
+
+
+def test_missing_object_counts_wrong_and_iou_zero():
+    layers, bg, photo = _scene()
+    row = evaluate_scene(layers[[0, 1]], bg, layers, photo)
+    assert row["num_pred"] == 2 and row["count_accuracy"] == 0.0
+    assert row["objects"][2]["pred_slot"] is None and row["objects"][2]["iou"] == 0.0
+    assert row["amodal_miou"] == pytest.approx(2 / 3)
+
+
+def test_half_mask_iou_and_matching_ignores_disjoint():
+    layers, _, _ = _scene()
+    pred = layers[:1].copy()
+    pred[0, 3, 2:8, 5:8] = 0  # keep the left half (3 of 6 columns)
+    matches = match_layers(pred[:, 3], layers[:, 3])
+    assert len(matches) == 1 and matches[0].true == 0 and matches[0].iou == pytest.approx(0.5)
+    far = np.zeros((1, 16, 16), np.float32)
+    far[0, 0, 15] = 1  # touches no true object
+    assert match_layers(far, layers[:3, 3]) == []
+
+
+def test_masked_psnr_only_looks_inside_true_mask():
+    layers, bg, photo = _scene()
+    pred = layers[:3].copy()
+    pred[0, :3, 0, 0] = 0.0  # outside every true mask: no effect
+    row = evaluate_scene(pred, bg, layers, photo)
+    assert row["objects"][0]["psnr"] == MAX_PSNR
+    pred[0, 0, 2:8, 2:8] = 0.9  # red 1.0 -> 0.9 inside the mask: MSE = 0.01 / 3
+    row = evaluate_scene(pred, bg, layers, photo)
+    assert row["objects"][0]["psnr"] == pytest.approx(10 * np.log10(3 / 0.01), abs=1e-3)
+    assert row["objects"][0]["ssim"] < 1.0
+
+
+def test_visible_only_baseline_recomposes_and_loses_hidden_part():
+    layers, bg, photo = _scene()
+    vis_layers, vis_bg = visible_only_layers(photo, layers)
+    assert len(vis_layers) == 3
+    assert np.allclose(composite(vis_layers, vis_bg), photo)
+    row = evaluate_scene(vis_layers, vis_bg, layers, photo)
+    assert row["amodal_miou_unoccluded"] == pytest.approx(1.0)
+    assert row["amodal_miou_occluded"] == pytest.approx(40 / 49)
+
+
+def test_summary_pools_objects_and_pairs():
+    layers, bg, photo = _scene()
+    rows = [evaluate_scene(layers[:3], bg, layers, photo), evaluate_scene(layers[[0, 1]], bg, layers, photo)]
+    s = summarize(rows)
+    assert s["scenes"] == 2 and s["objects"] == 6 and s["occluded_objects"] == 2
+    assert s["amodal_miou"] == pytest.approx(5 / 6)
+    assert s["count_accuracy"] == 0.5 and s["order_pairs"] == 2 and s["order_accuracy"] == 1.0
+
+
+def test_visible_fractions_empty_slot_is_zero():
+    layers, _, _ = _scene()
+    assert visible_fractions(layers[:, 3])[3] == 0.0
