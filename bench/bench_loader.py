@@ -2,12 +2,16 @@
 
     python bench/bench_loader.py [--data 'DIR/shards/train-*.tar'] [--k 6] [--resolution 64] [--workers 2]
 
-Without --data it writes synthetic shards (tests/shardmaker.py) at --size into a temporary folder.
+--data takes a shard path, a glob or a brace pattern; without it the bench writes synthetic shards
+(tests/shardmaker.py) at --size into a temporary folder. One run: --reps interleaved repetitions of
+(raw tar pass, loader pass with ids.png, loader pass without ids.png as a trainer can use it); the medians are
+printed. Raw reading is WebDataset's tar iteration in this process (bytes only, nothing decoded).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -15,21 +19,47 @@ import warnings
 from pathlib import Path
 
 
+def _raw_rate(urls: list[str]) -> tuple[float, int, int]:
+    import webdataset as wds
+
+    start = time.perf_counter()
+    raw = nbytes = 0
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        raw += 1
+        nbytes += sum(len(v) for v in sample.values() if isinstance(v, bytes))
+    return raw / (time.perf_counter() - start), raw, nbytes
+
+
+def _loader_rate(urls: list[str], args: argparse.Namespace, ids: bool) -> tuple[float, int]:
+    from cobl.data import batches, make_dataset, make_loader
+
+    ds = make_dataset(urls, args.k, args.resolution, shuffle=True, seed=0, epochs=1, ids=ids)
+    n = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stream = batches(iter(make_loader(ds, num_workers=args.workers)), args.batch_size)
+        next(stream)  # steady state: worker start-up is a one-off cost, not throughput
+        start = time.perf_counter()
+        for batch in stream:
+            n += batch["photo"].shape[0]
+    return n / (time.perf_counter() - start), n
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=None)
+    p.add_argument("--data", default=None, help="shard path, glob or brace pattern")
     p.add_argument("--k", type=int, default=6)
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--size", type=int, default=64, help="synthetic scene size when --data is not given")
-    p.add_argument("--scenes", type=int, default=200)
+    p.add_argument("--scenes", type=int, default=200, help="synthetic scenes when --data is not given")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions; medians are printed")
     args = p.parse_args()
 
     import torch
-    import webdataset as wds
 
-    from cobl.data import batches, expand_urls, make_dataset, make_loader
+    from cobl.data import expand_urls
 
     torch.set_num_threads(1)
     tmp = None
@@ -50,30 +80,27 @@ def main() -> None:
         args.data = str(Path(tmp.name) / "train-{000000..000003}.tar")
     urls = expand_urls(args.data)
 
-    start = time.perf_counter()
-    raw = 0
-    nbytes = 0
-    for sample in wds.WebDataset(urls, shardshuffle=False):
-        raw += 1
-        nbytes += sum(len(v) for k, v in sample.items() if isinstance(v, bytes))
-    raw_rate = raw / (time.perf_counter() - start)
-
-    ds = make_dataset(urls, args.k, args.resolution, shuffle=True, seed=0, epochs=1)
-    n = 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        stream = batches(iter(make_loader(ds, num_workers=args.workers)), args.batch_size)
-        next(stream)  # steady state: worker start-up is a one-off cost, not throughput
-        start = time.perf_counter()
-        for batch in stream:
-            n += batch["photo"].shape[0]
-    rate = n / (time.perf_counter() - start)
-    print(f"raw tar reading : {raw_rate:8.1f} samples/s ({raw} samples, {nbytes / 2**20:.1f} MiB)")
+    raw_rates, rates, rates_no_ids = [], [], []
+    for _ in range(args.reps):
+        raw_rate, raw, nbytes = _raw_rate(urls)
+        raw_rates.append(raw_rate)
+        rate, n = _loader_rate(urls, args, ids=True)
+        rates.append(rate)
+        rates_no_ids.append(_loader_rate(urls, args, ids=False)[0])
+    raw_med, rate_med, rate_no_ids_med = (statistics.median(r) for r in (raw_rates, rates, rates_no_ids))
+    ratio = statistics.median(r / q for r, q in zip(rates, raw_rates, strict=True))
+    ratio_no_ids = statistics.median(r / q for r, q in zip(rates_no_ids, raw_rates, strict=True))
+    print(f"data            : {args.data} ({len(urls)} shards)")
+    print(f"raw tar reading : {raw_med:8.1f} samples/s ({raw} samples, {nbytes / 2**20:.1f} MiB)")
     print(
-        f"CObL loader     : {rate:8.1f} samples/s ({n} decoded, {args.workers} workers, "
-        f"K={args.k}, {args.resolution}²)"
+        f"CObL loader     : {rate_med:8.1f} samples/s ({n} decoded, {args.workers} workers, "
+        f"K={args.k}, {args.resolution}², with ids.png)"
     )
-    print(f"ratio loader/raw: {rate / raw_rate:.2f} (target >= 0.5)")
+    print(f"CObL loader     : {rate_no_ids_med:8.1f} samples/s (same, ids=False as for training)")
+    print(
+        f"ratio loader/raw: {ratio:.2f}, ids=False {ratio_no_ids:.2f} "
+        f"(target >= 0.5, median of {args.reps} interleaved runs)"
+    )
     if tmp is not None:
         tmp.cleanup()
 

@@ -77,9 +77,31 @@ def _exists(path: str) -> bool:
 
 
 # --------------------------------------------------------------------------- one sample
+# PNG byte strings already seen to decode to a fully transparent image -> (height, width). Shards repeat the
+# same encoder output for every empty layer slot, so after the first one an empty slot costs a dict lookup
+# instead of an inflate (exact: equal bytes decode to equal pixels). Bounded; only tiny PNGs are kept.
+_EMPTY_PNGS: dict[bytes, tuple[int, int]] = {}
+_EMPTY_CACHE_SIZE = 64
+_EMPTY_CACHE_MAX_BYTES = 4096
+
+
 def _png(data: bytes, mode: str) -> np.ndarray:
+    """uint8 ``[H, W, C]`` (read-only, no extra copy): PIL's decode, converted only if the mode differs."""
     with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
         return np.asarray(im if im.mode == mode else im.convert(mode))
+
+
+def _layer_png(data: bytes) -> np.ndarray | tuple[int, int]:
+    """RGBA uint8 ``[H, W, 4]`` of a layer member, or its ``(H, W)`` when it is fully transparent."""
+    size = _EMPTY_PNGS.get(data)
+    if size is not None:
+        return size
+    rgba = _png(data, "RGBA")
+    if rgba[..., 3].any():
+        return rgba
+    if len(data) <= _EMPTY_CACHE_MAX_BYTES and len(_EMPTY_PNGS) < _EMPTY_CACHE_SIZE:
+        _EMPTY_PNGS[bytes(data)] = rgba.shape[:2]
+    return rgba.shape[:2]
 
 
 def _resize(x: torch.Tensor, resolution: int, mode: str = "bilinear") -> torch.Tensor:
@@ -101,57 +123,90 @@ def _resize(x: torch.Tensor, resolution: int, mode: str = "bilinear") -> torch.T
     return out.reshape(*lead, *out.shape[-3:])
 
 
-def decode_sample(sample: dict[str, Any], num_slots_k: int, resolution: int) -> dict[str, Any]:
+def decode_sample(
+    sample: dict[str, Any], num_slots_k: int, resolution: int, ids: bool = True
+) -> dict[str, Any]:
     """One WebDataset sample (member name -> bytes) -> ``dict(photo [3,H,W], layers [K,4,H,W],
     background [3,H,W], ids [H,W] long, num_objects, key, scene)``, floats in [0, 1].
 
+    ``ids=False`` skips ``ids.png`` (only evaluation needs it; ``ids`` is then None).
     Raises ``TooManyObjects`` for scenes with more than K non-empty layers, ``SkipSample`` for corrupt ones.
+
+    Why it is shaped like this: PNG inflate is the floor of the cost, so everything else is done once per
+    sample — empty layer slots are recognised by their bytes (``_layer_png``), and photo, background and
+    layers are converted uint8 -> float straight into one preallocated buffer (no per-image tensor copies;
+    one shared-memory block per sample when a DataLoader worker sends it). The result is bit-identical to
+    decoding every member and converting each with ``float() / 255``.
     """
     key = str(sample.get("__key__", "?"))
     try:
-        photo = torch.from_numpy(_png(sample[schema.RGB], "RGB").copy()).permute(2, 0, 1).float() / 255
-        background = torch.from_numpy(_png(sample[schema.BACKGROUND], "RGB").copy()).permute(2, 0, 1).float()
-        background = background / 255
-        ids = torch.from_numpy(_png(sample[schema.IDS], "L").astype(np.int64))
+        photo_u8 = _png(sample[schema.RGB], "RGB")
+        background_u8 = _png(sample[schema.BACKGROUND], "RGB")
+        ids_u8 = _png(sample[schema.IDS], "L") if ids else None
         scene_raw = sample.get(schema.SCENE)
         scene = json.loads(scene_raw) if scene_raw is not None else {}
         layer_members = sorted(
             (idx, name) for name in sample if (idx := schema.layer_index(name)) is not None
         )
-        layers = []
-        for _, name in layer_members:
-            rgba = _png(sample[name], "RGBA")
-            if rgba[..., 3].any():
-                layers.append(torch.from_numpy(rgba.copy()).permute(2, 0, 1).float() / 255)
+        layers_u8 = [
+            rgba for _, name in layer_members if isinstance(rgba := _layer_png(sample[name]), np.ndarray)
+        ]
     except (KeyError, OSError, ValueError, SyntaxError) as err:
         raise SkipSample(f"sample {key}: {type(err).__name__}: {err}") from err
-    shapes = {tuple(t.shape[-2:]) for t in [photo, background, *layers]} | {tuple(ids.shape)}
+    shapes = {tuple(a.shape[:2]) for a in [photo_u8, background_u8, *layers_u8]}
+    if ids_u8 is not None:
+        shapes.add(tuple(ids_u8.shape))
     if len(shapes) != 1:
         raise SkipSample(f"sample {key}: members have different sizes {sorted(shapes)}")
-    if len(layers) > num_slots_k:
-        raise TooManyObjects(f"sample {key}: {len(layers)} objects > K={num_slots_k}")
+    n = len(layers_u8)
+    if n > num_slots_k:
+        raise TooManyObjects(f"sample {key}: {n} objects > K={num_slots_k}")
 
-    h, w = photo.shape[-2:]
-    empty = torch.tensor([*EMPTY_RGB, 0.0]).view(4, 1, 1).expand(4, h, w)
-    stack = torch.stack([*layers, *([empty] * (num_slots_k - len(layers)))]) if num_slots_k else empty[:0]
-    # Transparent pixels carry the neutral colour, so the model never has to guess hidden RGB there.
-    transparent = stack[:, 3:4] == 0
-    stack = torch.where(transparent, empty[None], stack)
+    h, w = photo_u8.shape[:2]
+    hw = h * w
+    # One block for every tensor of the sample: a DataLoader worker then sends one shared-memory segment
+    # (one file descriptor) per sample instead of one per tensor, which is most of the per-sample IPC cost.
+    nfloat = (6 + 4 * num_slots_k) * hw
+    block = torch.empty(nfloat * 4 + (hw * 8 if ids_u8 is not None else 0), dtype=torch.uint8)
+    flat = block[: nfloat * 4].view(torch.float32)
+    buf = flat.numpy()
+    photo_np = buf[: 3 * hw].reshape(3, h, w)
+    background_np = buf[3 * hw : 6 * hw].reshape(3, h, w)
+    stack_np = buf[6 * hw :].reshape(num_slots_k, 4, h, w)
+    # Same arithmetic as ``uint8_tensor.float() / 255`` (IEEE float32 division), hence bit-identical.
+    np.divide(photo_u8.transpose(2, 0, 1), 255, out=photo_np, dtype=np.float32)
+    np.divide(background_u8.transpose(2, 0, 1), 255, out=background_np, dtype=np.float32)
+    empty_rgb = np.asarray(EMPTY_RGB, np.float32)[:, None, None]
+    for i, rgba in enumerate(layers_u8):
+        np.divide(rgba.transpose(2, 0, 1), 255, out=stack_np[i], dtype=np.float32)
+        # Transparent pixels carry the neutral colour, so the model never has to guess hidden RGB there.
+        np.copyto(stack_np[i, :3], empty_rgb, where=rgba[None, :, :, 3] == 0)
+    stack_np[n:, :3] = empty_rgb
+    stack_np[n:, 3] = 0.0
+    photo = flat[: 3 * hw].view(3, h, w)
+    background = flat[3 * hw : 6 * hw].view(3, h, w)
+    stack = flat[6 * hw :].view(num_slots_k, 4, h, w)
+    ids_t = None
+    if ids_u8 is not None:
+        ids_t = block[nfloat * 4 :].view(torch.int64).view(h, w)
+        np.copyto(ids_t.numpy(), ids_u8)
     if (h, w) != (resolution, resolution):
+        empty = torch.from_numpy(empty_rgb)
         # Resample premultiplied colour so edges do not pick up the neutral colour, then un-premultiply.
         alpha = _resize(stack[:, 3:4], resolution)
         premult = _resize(stack[:, :3] * stack[:, 3:4], resolution)
-        rgb = torch.where(alpha > 1e-4, premult / alpha.clamp_min(1e-4), empty[None, :3, :1, :1])
-        stack = torch.cat([rgb.clamp(0, 1), alpha.clamp(0, 1)], dim=1)
-        photo = _resize(photo, resolution).clamp(0, 1)
-        background = _resize(background, resolution).clamp(0, 1)
-        ids = _resize(ids[None, None].float(), resolution, mode="nearest")[0, 0].long()
+        rgb = torch.where(alpha > 1e-4, premult / alpha.clamp_min(1e-4), empty[None])
+        stack = torch.cat([rgb.clamp(0, 1), alpha.clamp(0, 1)], dim=1).contiguous()
+        photo = _resize(photo, resolution).clamp(0, 1).contiguous()
+        background = _resize(background, resolution).clamp(0, 1).contiguous()
+        if ids_t is not None:
+            ids_t = _resize(ids_t[None, None].float(), resolution, mode="nearest")[0, 0].long().contiguous()
     return {
-        "photo": photo.contiguous(),
-        "layers": stack.contiguous(),
-        "background": background.contiguous(),
-        "ids": ids.contiguous(),
-        "num_objects": len(layers),
+        "photo": photo,
+        "layers": stack,
+        "background": background,
+        "ids": ids_t,
+        "num_objects": n,
         "key": key,
         "scene": scene,
     }
@@ -171,6 +226,7 @@ class LayerDataset(torch.utils.data.IterableDataset):
         shuffle_buffer: int = 256,
         skip: dict[int, int] | None = None,
         epochs: int | None = None,
+        ids: bool = True,
     ):
         super().__init__()
         self.urls = list(urls)
@@ -181,6 +237,7 @@ class LayerDataset(torch.utils.data.IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.skip = dict(skip or {})  # global worker -> number of raw samples already consumed
         self.epochs = epochs  # None = endless
+        self.ids = ids  # decode ids.png (evaluation); training does not need it
         self.counts = {"decoded": 0, "corrupt": 0, "too_many_objects": 0}
 
     def _shard_stream(self) -> Iterator[dict[str, str]]:
@@ -225,7 +282,7 @@ class LayerDataset(torch.utils.data.IterableDataset):
             if position < start:
                 continue
             try:
-                out = decode_sample(sample, self.k, self.resolution)
+                out = decode_sample(sample, self.k, self.resolution, ids=self.ids)
             except SkipSample as err:
                 self.counts[err.reason] += 1
                 warnings.warn(f"skipping {err} ({self.counts[err.reason]} {err.reason} so far)", stacklevel=2)
@@ -253,18 +310,22 @@ def make_dataset(
     shuffle_buffer: int = 256,
     skip: dict[int, int] | None = None,
     epochs: int | None = None,
+    ids: bool = True,
 ) -> LayerDataset:
-    """The streaming dataset over ``urls`` (a brace pattern, a glob, or a list of shard paths)."""
+    """The streaming dataset over ``urls`` (a brace pattern, a glob, or a list of shard paths).
+
+    ``ids=False`` skips decoding ``ids.png`` (samples then carry ``ids=None``): a training loader's saving."""
     if isinstance(urls, str) or any(("{" in u or glob.has_magic(u)) for u in urls):
         urls = expand_urls(urls)
-    return LayerDataset(urls, k, resolution, shuffle, seed, shuffle_buffer, skip, epochs)
+    return LayerDataset(urls, k, resolution, shuffle, seed, shuffle_buffer, skip, epochs, ids)
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors; keep keys, scenes and stream positions as lists."""
+    """Stack tensors (``ids`` is None when any sample lacks it); keep keys, scenes and positions as lists."""
     out: dict[str, Any] = {}
     for name in ("photo", "layers", "background", "ids"):
-        out[name] = torch.stack([s[name] for s in samples])
+        values = [s.get(name) for s in samples]
+        out[name] = None if any(v is None for v in values) else torch.stack(values)
     out["num_objects"] = torch.tensor([s["num_objects"] for s in samples])
     for name in ("key", "scene", "worker", "position", "skipped"):
         out[name] = [s.get(name) for s in samples]
@@ -281,11 +342,18 @@ def batches(loader_iter: Iterator[dict[str, Any]], batch_size: int) -> Iterator[
         yield collate(chunk)
 
 
+def _as_is(sample: dict[str, Any]) -> dict[str, Any]:
+    return sample
+
+
 def make_loader(
     dataset: LayerDataset, num_workers: int = 0, prefetch: int = 4
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader yielding single decoded samples (``batch_size=None``); batch with ``batches``."""
-    kwargs: dict[str, Any] = {"batch_size": None, "num_workers": num_workers}
+    """A DataLoader yielding single decoded samples (``batch_size=None``); batch with ``batches``.
+
+    Samples pass through as they are: the default ``collate_fn`` (``default_convert``) would walk every
+    sample's ``scene`` dict recursively, which cost a third of the loader's time and converts nothing."""
+    kwargs: dict[str, Any] = {"batch_size": None, "num_workers": num_workers, "collate_fn": _as_is}
     if num_workers:
         kwargs.update(prefetch_factor=prefetch, persistent_workers=False)
     return torch.utils.data.DataLoader(dataset, **kwargs)

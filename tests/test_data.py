@@ -11,7 +11,15 @@ import pytest
 import torch
 import webdataset as wds
 
-from cobl.data import TooManyObjects, decode_sample, expand_urls, make_dataset, make_loader
+from cobl.data import (
+    SkipSample,
+    TooManyObjects,
+    collate,
+    decode_sample,
+    expand_urls,
+    make_dataset,
+    make_loader,
+)
 from cobl.errors import UserError
 from cobl.layers import EMPTY_RGB, composite
 from synth import schema
@@ -122,3 +130,86 @@ def test_written_shard_follows_the_schema(tmp_path):
     assert [n.split(".", 1)[1] for n in names if n.startswith(first_key)] == schema.member_names(4)
     sample = next(iter(wds.WebDataset(str(tmp_path / "d.tar"), shardshuffle=False)))
     assert np.load(io.BytesIO(sample[schema.DEPTH])).shape == (32, 32)
+
+
+def _reference_decode(files: dict, k: int, resolution: int) -> dict:
+    """The straightforward decode: every member through PIL, each image converted to float on its own."""
+    from PIL import Image
+
+    def png(name: str, mode: str) -> torch.Tensor:
+        with Image.open(io.BytesIO(files[name])) as im:
+            return torch.from_numpy(np.array(im.convert(mode)))
+
+    photo = png(schema.RGB, "RGB").permute(2, 0, 1).float() / 255
+    background = png(schema.BACKGROUND, "RGB").permute(2, 0, 1).float() / 255
+    ids = png(schema.IDS, "L").long()
+    names = sorted(n for n in files if schema.layer_index(n) is not None)
+    layers = [t for t in (png(n, "RGBA").permute(2, 0, 1).float() / 255 for n in names) if t[3].any()]
+    h, w = photo.shape[-2:]
+    empty = torch.tensor([*EMPTY_RGB, 0.0]).view(4, 1, 1).expand(4, h, w)
+    stack = torch.stack([*layers, *([empty] * (k - len(layers)))])
+    stack = torch.where(stack[:, 3:4] == 0, empty[None], stack)
+    if (h, w) != (resolution, resolution):
+        from cobl.data import _resize
+
+        alpha = _resize(stack[:, 3:4], resolution)
+        premult = _resize(stack[:, :3] * stack[:, 3:4], resolution)
+        rgb = torch.where(alpha > 1e-4, premult / alpha.clamp_min(1e-4), empty[None, :3, :1, :1])
+        stack = torch.cat([rgb.clamp(0, 1), alpha.clamp(0, 1)], dim=1)
+        photo = _resize(photo, resolution).clamp(0, 1)
+        background = _resize(background, resolution).clamp(0, 1)
+        ids = _resize(ids[None, None].float(), resolution, mode="nearest")[0, 0].long()
+    return {"photo": photo, "layers": stack, "background": background, "ids": ids, "num_objects": len(layers)}
+
+
+def _assert_identical(got: dict, want: dict, names=("photo", "layers", "background", "ids")) -> None:
+    for name in names:
+        assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
+        assert torch.equal(got[name], want[name]), name  # bit-identical, not merely close
+    assert got["num_objects"] == want["num_objects"]
+
+
+@pytest.mark.parametrize(("size", "resolution"), [(32, 32), (48, 32)])
+def test_fast_decode_is_bit_identical_to_the_reference_decode(size, resolution):
+    from synth.shards import empty_layer_png
+
+    for seed in range(3):
+        files, _ = _members(1 + seed, max_layers=5, size=size, seed=seed)
+        if seed == 1:  # an empty slot in front (dropped, not kept as a hole) and the canonical empty PNG
+            files[schema.layer_name(0)], files[schema.layer_name(4)] = (
+                files[schema.layer_name(4)],
+                empty_layer_png(size, size),
+            )
+        want = _reference_decode(files, 6, resolution)
+        for _ in range(2):  # the second pass recognises the empty slots by their bytes
+            got = decode_sample(files, num_slots_k=6, resolution=resolution)
+            _assert_identical(got, want)
+            assert all(got[n].is_contiguous() for n in ("photo", "layers", "background", "ids"))
+        no_ids = decode_sample(files, num_slots_k=6, resolution=resolution, ids=False)
+        assert no_ids["ids"] is None
+        _assert_identical(no_ids, want, names=("photo", "layers", "background"))
+
+
+def test_fast_decode_keeps_corrupt_and_mixed_size_samples_skipped():
+    files, _ = _members(2, max_layers=3, seed=4)
+    small, _ = _members(2, max_layers=3, size=16, seed=4)
+    broken = dict(files, **{schema.layer_name(1): files[schema.layer_name(1)][:60]})
+    with pytest.raises(SkipSample, match="Error"):
+        decode_sample(broken, num_slots_k=3, resolution=32)
+    mixed = dict(files, **{schema.layer_name(0): small[schema.layer_name(0)]})
+    with pytest.raises(SkipSample, match="different sizes"):
+        decode_sample(mixed, num_slots_k=3, resolution=32)
+    with pytest.raises(SkipSample, match="different sizes"):  # ids.png is checked only when decoded
+        decode_sample(dict(files, **{schema.IDS: small[schema.IDS]}), num_slots_k=3, resolution=32)
+    assert decode_sample(dict(files, **{schema.IDS: b"junk"}), 3, 32, ids=False)["num_objects"] == 2
+
+
+def test_loader_without_ids_batches_and_passes_scenes_through(tmp_path):
+    write_shard(tmp_path / "e.tar", 4, seed=5)
+    ds = make_dataset(str(tmp_path / "e.tar"), k=3, resolution=32, shuffle=False, epochs=1, ids=False)
+    got = list(make_loader(ds, num_workers=0))
+    batch = collate(got)
+    assert batch["ids"] is None and batch["layers"].shape == (4, 3, 4, 32, 32)
+    assert [s["scene"]["scene_id"] for s in got] == [s["key"] for s in got]
+    with_ids = collate(list(make_dataset(str(tmp_path / "e.tar"), 3, 32, shuffle=False, epochs=1)))
+    assert with_ids["ids"].shape == (4, 32, 32) and torch.equal(with_ids["layers"], batch["layers"])

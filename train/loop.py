@@ -127,6 +127,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
         seed=opts.seed,
         shuffle_buffer=opts.shuffle_buffer,
         skip=skip,
+        ids=False,  # the loss never reads the instance map: one PNG fewer per sample
     )
     loader_iter = iter(make_loader(dataset, num_workers=opts.num_workers))
     batch_iter = batches(loader_iter, opts.batch_size)
