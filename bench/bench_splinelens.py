@@ -57,8 +57,10 @@ def main() -> None:
     print(f"to_spline, 1e4 neurons:               {t_small * 1e3:8.3f} ms")
     print(f"naive Python loop, 1e4 neurons:       {t_naive * 1e3:8.1f} ms")
     print(f"speed-up per neuron (naive 1e4 / vectorised 1e4): {t_naive / t_small:8.0f}x")
-    print(f"per-neuron: naive {t_naive / 1e4 * 1e9:.0f} ns vs vectorised 1e6 {t_big / 1e6 * 1e9:.1f} ns "
-          f"(ratio {t_naive / 1e4 / (t_big / 1e6):.0f}x)")
+    print(
+        f"per-neuron: naive {t_naive / 1e4 * 1e9:.0f} ns vs vectorised 1e6 {t_big / 1e6 * 1e9:.1f} ns "
+        f"(ratio {t_naive / 1e4 / (t_big / 1e6):.0f}x)"
+    )
     print(f"max rel. error spline vs float64 net on 201-point grid: {rel:.2e}")
 
 

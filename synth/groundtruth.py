@@ -35,12 +35,21 @@ def srgb_encode(linear: np.ndarray) -> np.ndarray:
 
 def straight_layer(premultiplied: np.ndarray) -> np.ndarray:
     """Premultiplied linear RGBA [H, W, 4] -> straight-alpha 8-bit sRGB RGBA; EMPTY_RGB where alpha is 0."""
-    alpha = np.clip(premultiplied[..., 3], 0.0, 1.0)
+    height, width = premultiplied.shape[:2]
+    out = np.zeros((height, width, 4), dtype=np.uint8)
+    out[..., :3] = np.round(np.asarray(EMPTY_RGB) * 255.0).astype(np.uint8)
+    box = mask_box(premultiplied[..., 3] > 0)  # an object covers a small part of the frame: encode only that
+    if box is None:
+        return out
+    x0, y0, x1, y1 = box
+    crop = premultiplied[y0:y1, x0:x1]
+    alpha = np.clip(crop[..., 3], 0.0, 1.0)
     safe = np.where(alpha > 0, alpha, 1.0)[..., None]
-    rgb = srgb_encode(premultiplied[..., :3] / safe)
+    rgb = srgb_encode(crop[..., :3] / safe)
     alpha8 = np.round(alpha * 255.0).astype(np.uint8)
-    rgb[alpha8 == 0] = np.round(np.asarray(EMPTY_RGB) * 255.0).astype(np.uint8)
-    return np.concatenate([rgb, alpha8[..., None]], axis=-1)
+    rgb[alpha8 == 0] = out[0, 0, :3]
+    out[y0:y1, x0:x1] = np.concatenate([rgb, alpha8[..., None]], axis=-1)
+    return out
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -86,6 +95,34 @@ def union_box(boxes: list[tuple[int, int, int, int] | None]) -> tuple[int, int, 
         max(b[2] for b in boxes),
         max(b[3] for b in boxes),
     )
+
+
+def hull_mask(points_px: np.ndarray, width: int, height: int, margin: int) -> np.ndarray:
+    """[H, W] bool: pixels whose square touches the convex hull of ``points_px`` (x right, y down), grown by
+    ``margin`` pixels. A mesh's projection lies inside its projected vertices' hull, so this is a
+    conservative silhouette; degenerate (flat) hulls fall back to the points' box."""
+    from scipy import ndimage
+    from scipy.spatial import ConvexHull, QhullError
+
+    mask = np.zeros((height, width), dtype=bool)
+    box = pixel_box(points_px, width, height, margin)
+    if box is None:
+        return mask
+    x0, y0, x1, y1 = box
+    try:
+        equations = ConvexHull(points_px).equations  # rows (nx, ny, c): inside where nx*x + ny*y + c <= 0
+    except (QhullError, ValueError):
+        mask[y0:y1, x0:x1] = True
+        return mask
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    centres = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1)
+    # A pixel square meets a half-plane iff its centre is within half its extent along the normal.
+    reach = 0.5 * (np.abs(equations[:, 0]) + np.abs(equations[:, 1])) + 1e-6
+    inside = np.all(centres @ equations[:, :2].T + equations[:, 2] <= reach, axis=1)
+    mask[y0:y1, x0:x1] = inside.reshape(y1 - y0, x1 - x0)
+    if margin > 0:
+        mask = ndimage.binary_dilation(mask, structure=np.ones((3, 3), dtype=bool), iterations=margin)
+    return mask
 
 
 def mask_box(mask: np.ndarray) -> list[int] | None:
@@ -237,3 +274,119 @@ def scene_json(spec: SceneSpec, ground_truth: dict[str, Any]) -> bytes:
     """scene.json: ``{"spec": SceneSpec.to_dict(), "ground_truth": {...}}``, keys sorted (byte-stable)."""
     doc = {"spec": spec.to_dict(), "ground_truth": ground_truth}
     return (json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+
+
+BAND_ROWS = 40  # at most this many candidate cut positions per box in cover_boxes
+
+
+def cover_boxes(mask: np.ndarray, overhead_px: float) -> list[tuple[int, int, int, int]]:
+    """Boxes [x0, y0, x1, y1) whose union covers every True pixel of ``mask``, chosen to keep
+    (rendered area + ``overhead_px`` per box) small: a render border is one rectangle, and a render call has
+    a fixed cost worth about ``overhead_px`` pixels.
+
+    Hand-written heuristic (no library does this): connected components are merged while one box over
+    them costs no more than separate boxes; each merged box is then cut into row (or column) bands, each
+    band trimmed to the mask's extent, the cuts chosen by dynamic programming.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    boxes = [(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndimage.find_objects(labels) if s]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                union = union_box([boxes[i], boxes[j]])
+                if _box_area(union) <= _box_area(boxes[i]) + _box_area(boxes[j]) + overhead_px:
+                    boxes[i] = union
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    result = []
+    for x0, y0, x1, y1 in boxes:
+        sub = mask[y0:y1, x0:x1]
+        rows = _bands(sub, overhead_px)
+        cols = _bands(sub.T, overhead_px)
+        if _cost(cols, overhead_px) < _cost(rows, overhead_px):
+            rows = [(b[1], b[0], b[3], b[2]) for b in cols]
+        result += [(bx0 + x0, by0 + y0, bx1 + x0, by1 + y0) for bx0, by0, bx1, by1 in rows]
+    return result
+
+
+def _box_area(box: tuple[int, int, int, int]) -> int:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def _cost(boxes: list[tuple[int, int, int, int]], overhead_px: float) -> float:
+    return sum(_box_area(b) for b in boxes) + overhead_px * len(boxes)
+
+
+def _bands(mask: np.ndarray, overhead_px: float) -> list[tuple[int, int, int, int]]:
+    """Optimal cut of ``mask``'s rows into bands (dynamic programming over the cut rows). A band covers
+    its rows' True pixels with one box, or with two when skipping its widest run of empty columns (the
+    inside of a ring-shaped mask) saves more than a render costs. Cuts fall on every ``step``-th row, so
+    that the O(rows^2 * columns) search stays a few ms on large masks."""
+    step = -(-mask.shape[0] // BAND_ROWS)
+    if step > 1:
+        pad = -mask.shape[0] % step
+        grouped = np.pad(mask, ((0, pad), (0, 0))).reshape(-1, step, mask.shape[1]).any(axis=1)
+        return [
+            (x0, y0 * step, x1, min(y1 * step, mask.shape[0]))
+            for x0, y0, x1, y1 in _bands(grouped, overhead_px / step)
+        ]
+    h, w = mask.shape
+    filled = mask.any(axis=1)
+    cols = np.arange(w)
+    best = np.full(h + 1, np.inf)
+    best[0] = 0.0
+    # choice[end]: first row of the band that ends before row ``end``; -1 where an empty row is skipped
+    choice = np.zeros(h + 1, dtype=np.int64)
+    for end in range(1, h + 1):
+        if not filled[end - 1]:
+            best[end], choice[end] = best[end - 1], -1
+            continue
+        starts = np.arange(end - 1, -1, -1)  # band rows [start, end)
+        heights = end - starts
+        used = np.logical_or.accumulate(mask[end - 1 :: -1], axis=0)  # [start, column]: any True in band
+        left = np.where(used.any(axis=1), np.argmax(used, axis=1), w)
+        right = np.where(used.any(axis=1), w - np.argmax(used[:, ::-1], axis=1), 0)
+        costs = best[starts] + heights * np.maximum(right - left, 0) + overhead_px
+        split = heights * _widest_gap(used, cols) - overhead_px
+        costs -= np.maximum(split, 0.0)
+        k = int(np.argmin(costs))
+        best[end], choice[end] = costs[k], starts[k]
+    bands = []
+    end = h
+    while end > 0:
+        start = int(choice[end])
+        if start < 0:
+            end -= 1
+            continue
+        used = mask[start:end].any(axis=0)
+        xs = np.nonzero(used)[0]
+        x0, x1 = int(xs[0]), int(xs[-1]) + 1
+        gap_len, gap_start = _widest_gap(used[None], cols, where=True)
+        if (end - start) * int(gap_len[0]) > overhead_px:
+            g0, g1 = int(gap_start[0]), int(gap_start[0] + gap_len[0])
+            bands += [(g1, start, x1, end), (x0, start, g0, end)]
+        else:
+            bands.append((x0, start, x1, end))
+        end = start
+    return bands[::-1]
+
+
+def _widest_gap(used: np.ndarray, cols: np.ndarray, where: bool = False):
+    """Per row of ``used`` [n, w], the length of the longest run of False between two Trues (and, with
+    ``where``, the column it starts at)."""
+    last = np.maximum.accumulate(np.where(used, cols, -1), axis=1)  # last True at or left of each column
+    nxt = np.minimum.accumulate(np.where(used, cols, len(cols))[:, ::-1], axis=1)[:, ::-1]  # next True
+    gaps = np.where((~used) & (last >= 0) & (nxt < len(cols)), nxt - last - 1, 0)
+    if not where:
+        return gaps.max(axis=1) if gaps.size else np.zeros(len(used))
+    k = np.argmax(gaps, axis=1)
+    rows = np.arange(len(used))
+    return gaps[rows, k], last[rows, k] + 1

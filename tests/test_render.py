@@ -97,3 +97,52 @@ def test_scene_json_is_consistent(rendered):
                 assert position[edge["front"]] < position[edge["back"]]
         assert gt["render"]["view_transform"] == "Standard" and gt["render"]["samples"] == 8
         assert np.allclose(np.asarray(gt["camera"]["K"]), np.asarray(spec.camera.intrinsics()))
+
+
+def test_partial_renders_equal_full_renders(monkeypatch):
+    """Renders restricted to tight border boxes, and object pixels taken from the photo, are bit-identical
+    to what plain renders over generous boxes give (same camera samples in every render)."""
+    from synth.blender import renderer as renderer_module
+
+    config = SamplerConfig(width=64, height=64, samples=4, min_objects=4, max_objects=4, check_res=64)
+    spec = sample_scene(11, config)
+    with renderer_module.BlenderRenderer(threads=2) as renderer:
+        fast = renderer.render(spec)
+        assert fast.ground_truth["render"]["layer_renders"] > 0
+        monkeypatch.setattr(renderer_module, "_known_from_photo", lambda *args: None)
+        monkeypatch.setattr(renderer_module, "RENDER_OVERHEAD_PX", 1e9)  # one box per object / cluster
+        monkeypatch.setattr(renderer_module, "BOX_MARGIN", 4)  # generous margins around the projections
+        plain = renderer.render(spec)
+    for name in (schema.RGB, schema.BACKGROUND, schema.IDS, *(schema.layer_name(k) for k in range(4))):
+        assert np.array_equal(fast.image(name), plain.image(name)), name
+
+
+def test_cover_boxes_cover_the_mask_cheaply():
+    from synth.groundtruth import cover_boxes
+
+    yy, xx = np.mgrid[:80, :90]
+    disc = (xx - 40) ** 2 + (yy - 40) ** 2 < 30**2
+    ring = disc & ((xx - 40) ** 2 + (yy - 40) ** 2 >= 26**2)
+    blob = (xx - 80) ** 2 + (yy - 8) ** 2 < 5**2
+    for mask in (disc, ring | blob, np.zeros_like(disc)):
+        boxes = cover_boxes(mask, overhead_px=50)
+        covered = np.zeros_like(mask)
+        for x0, y0, x1, y1 in boxes:
+            assert 0 <= x0 < x1 <= 90 and 0 <= y0 < y1 <= 80
+            covered[y0:y1, x0:x1] = True
+        assert not (mask & ~covered).any()
+        assert bool(boxes) == bool(mask.any())
+    area = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in cover_boxes(ring, overhead_px=50))
+    assert area < 0.6 * 60 * 60  # much less than the ring's bounding box: its inside is skipped
+
+
+def test_hull_mask_contains_the_projection():
+    from synth.groundtruth import hull_mask
+
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(200, 2)) * 6 + 30
+    mask = hull_mask(points, 64, 48, margin=0)
+    inside = rng.dirichlet(np.ones(len(points)), size=500) @ points
+    assert mask[inside[:, 1].astype(int), inside[:, 0].astype(int)].all()
+    assert mask.sum() < 0.9 * (np.ptp(points[:, 0]) + 2) * (np.ptp(points[:, 1]) + 2)  # tighter than the box
+    assert hull_mask(points, 64, 48, margin=2).sum() > mask.sum()

@@ -1,10 +1,14 @@
 """BlenderRenderer: a long-lived bpy session that turns a SceneSpec into a RenderedScene.
 
-Per scene: one full-frame render of the photo (with the Depth and Object Index passes), one render of the
-background (every object invisible to the camera only, so shadows stay), restricted to the union of the
-objects' projected boxes, and amodal object renders (only that object visible to the camera, transparent
-film) each restricted to its object's box; objects whose boxes do not overlap share one render.
-Every render uses the same seed, samples and colour management: that makes the layers recomposite.
+Per scene: one full-frame render of the photo (with the Depth and Object Index passes); amodal object
+renders (only that object visible to the camera, transparent film); background renders (every object
+invisible to the camera only, so shadows stay). Every render uses the same seed, samples and colour
+management: the same camera samples are traced in each, so the layers recomposite and a pixel whose samples
+all hit the same thing in two renders is bit-identical in both. That is what keeps the ground truth cheap
+(bench/bench_groundtruth.py): object renders cover only the pixels the photo does not already determine
+(around the object's projected hull, minus where the photo shows only that object or only the table), and
+the background only the pixels some object covers; both as a few border renders (Cycles render border,
+cropped, without the compositor), rectangles chosen by ``groundtruth.cover_boxes``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from synth.spec import RenderSettings, SceneSpec, object_to_world
 __all__ = ["BlenderRenderer", "RenderedScene"]
 
 ENGINES = ("CYCLES", "BLENDER_EEVEE")
-BOX_MARGIN = 3  # pixels around a projected box: the pixel filter (1.5 px wide) reaches ~1 px past the edge
+BOX_MARGIN = 1  # px around a projected hull: the 1.5 px pixel filter puts samples <= 0.75 px from a centre
+RENDER_OVERHEAD_PX = 400.0  # see _overhead_px
+INTERIOR_ERODE = 2  # pixels of the visible area trusted to be the object's alone, see _known_from_photo
+DENOISE_REACH = 8  # pixels the denoiser's filter spreads an object's colour
 Box = tuple[int, int, int, int]
 
 
@@ -75,6 +82,7 @@ class BlenderRenderer:
         render.engine = settings.engine
         if settings.engine != self._engine:
             passes.setup_compositor(scene, self._pass_dir)
+            passes.setup_render_result_format(scene)
             self._engine = settings.engine
         view = scene.view_settings
         scene.display_settings.display_device = "sRGB"
@@ -100,27 +108,45 @@ class BlenderRenderer:
         else:
             scene.eevee.taa_render_samples = int(settings.samples)
 
-    def _set_border(self, box: Box | None) -> None:
+    def _set_border(self, box: Box | None, crop: bool = False) -> None:
         render = self.scene.render
         if box is None:
-            render.use_border = False
+            _assign(render, "use_border", False)
             return
         width, height = render.resolution_x, render.resolution_y
         x0, y0, x1, y1 = box
-        render.use_border = True
-        render.use_crop_to_border = False  # full-size output: pixel (x, y) stays at (x, y)
-        render.border_min_x, render.border_max_x = x0 / width, x1 / width
-        render.border_min_y, render.border_max_y = 1.0 - y1 / height, 1.0 - y0 / height
+        _assign(render, "use_border", True)
+        _assign(render, "use_crop_to_border", crop)  # False: full-size output, pixel (x, y) stays at (x, y)
+        # Blender truncates border * size to whole pixels in float32: a quarter pixel in keeps k/size at k.
+        render.border_min_x, render.border_max_x = (x0 + 0.25) / width, (x1 + 0.25) / width
+        render.border_min_y = (height - y1 + 0.25) / height
+        render.border_max_y = (height - y0 + 0.25) / height
 
     def _render(self, box: Box | None, transparent: bool) -> dict[str, np.ndarray]:
+        """A render through the compositor: full-size rgba, depth and index passes."""
         for path in os.listdir(self._pass_dir):
             os.unlink(os.path.join(self._pass_dir, path))
         self._set_border(box)
-        self.scene.render.film_transparent = transparent
+        render = self.scene.render
+        _assign(render, "film_transparent", transparent)
+        _assign(render, "use_compositing", True)
         with _quiet_stdout(self.quiet):
             bpy.ops.render.render(write_still=False)
-        render = self.scene.render
         return passes.read_passes(self._pass_dir, render.resolution_y, render.resolution_x)
+
+    def _render_rgba(self, box: Box, transparent: bool) -> np.ndarray:
+        """Only the combined RGBA inside ``box`` ([y1 - y0, x1 - x0, 4]), without the compositor."""
+        self._set_border(box, crop=True)
+        render = self.scene.render
+        _assign(render, "film_transparent", transparent)
+        _assign(render, "use_compositing", False)
+        with _quiet_stdout(self.quiet):
+            bpy.ops.render.render(write_still=False)
+        rgba = passes.read_render_result(self.scene, os.path.join(self._pass_dir, "result.exr"))
+        x0, y0, x1, y1 = box
+        if rgba.shape[:2] != (y1 - y0, x1 - x0):
+            raise RuntimeError(f"border render of {box} came back {rgba.shape[1]}x{rgba.shape[0]}")
+        return rgba
 
     # -- one scene ------------------------------------------------------------------------------------------
     def render(self, spec: SceneSpec) -> RenderedScene:
@@ -131,7 +157,6 @@ class BlenderRenderer:
         self._configure(spec.render)
         built = build_scene(spec, meshes, self.scene)
         width, height = spec.camera.width, spec.camera.height
-        boxes = _projected_boxes(spec, meshes)
         timings["build"] = time.perf_counter() - t0
 
         t = time.perf_counter()
@@ -139,25 +164,35 @@ class BlenderRenderer:
         photo = self._render(None, transparent=False)
         timings["photo"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        background = photo["rgba"].copy()
-        union = groundtruth.union_box(boxes)
-        if union is not None:
-            _camera_visible(built, table=True, objects=set())
-            bg = self._render(union, transparent=False)["rgba"]
-            x0, y0, x1, y1 = union
-            background[y0:y1, x0:x1] = bg[y0:y1, x0:x1]
-        timings["background"] = time.perf_counter() - t
+        t = time.perf_counter()  # everything from here on is ground truth only
+        regions = _projected_regions(spec, meshes)
+        object_renders = [np.zeros((height, width, 4), np.float32) for _ in spec.objects]
+        layer_renders = 0
+        for i, region in enumerate(regions):
+            known = _known_from_photo(photo, spec, i)
+            if known is not None:
+                interior, empty = known
+                object_renders[i][interior] = photo["rgba"][interior]
+                region = region & ~interior & ~empty
+            layer_boxes = groundtruth.cover_boxes(region, _overhead_px(spec))
+            if layer_boxes:
+                _camera_visible(built, table=False, objects={i})
+            for x0, y0, x1, y1 in layer_boxes:
+                object_renders[i][y0:y1, x0:x1] = self._render_rgba((x0, y0, x1, y1), transparent=True)
+            layer_renders += len(layer_boxes)
+        timings["layers"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        object_renders = [np.zeros((height, width, 4), np.float32) for _ in spec.objects]
-        for group in _disjoint_groups(boxes):
-            _camera_visible(built, table=False, objects=set(group))
-            rgba = self._render(groundtruth.union_box([boxes[i] for i in group]), transparent=True)["rgba"]
-            for i in group:
-                x0, y0, x1, y1 = boxes[i]
-                object_renders[i][y0:y1, x0:x1] = rgba[y0:y1, x0:x1]
-        timings["layers"] = time.perf_counter() - t
+        background = photo["rgba"].copy()
+        bg_boxes = groundtruth.cover_boxes(
+            _background_needed(object_renders, spec.render, (height, width)), _overhead_px(spec)
+        )
+        if bg_boxes:
+            _camera_visible(built, table=True, objects=set())
+        for box in bg_boxes:
+            x0, y0, x1, y1 = box
+            background[y0:y1, x0:x1] = self._render_rgba(box, transparent=False)
+        timings["background"] = time.perf_counter() - t
 
         t = time.perf_counter()
         info = {
@@ -170,10 +205,11 @@ class BlenderRenderer:
             "exposure": 0.0,
             "gamma": 1.0,
             "blender": bpy.app.version_string,
-            "layer_renders": len(_disjoint_groups(boxes)),
-            "boxes": [list(b) if b else None for b in boxes],
+            "layer_renders": layer_renders,
+            "boxes": [groundtruth.mask_box(r) for r in regions],
+            "background_renders": len(bg_boxes),
         }
-        index_pass, depth_pass = photo["index"], photo["depth"]
+        index_pass, depth_pass = photo.get("index"), photo["depth"]
         if spec.render.engine != "CYCLES":
             index_pass = self._workbench_ids(built, spec.render)
         result = groundtruth.assemble(
@@ -205,51 +241,84 @@ class BlenderRenderer:
         return np.rint(rgba[..., 0] * 255.0)
 
 
+def _known_from_photo(
+    photo: dict[str, np.ndarray], spec: SceneSpec, i: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(interior, empty): pixels where object ``i``'s amodal render is known from the photo without
+    rendering it. Interior: every camera sample hits the object first, so its render is the photo's pixel
+    (alpha 1). Empty: every sample hits the table or nothing; the object rests above the table and the
+    camera looks down on it, so no such ray can reach the object and its render is transparent there.
+
+    Cycles traces the same camera samples (same seed) in every render, and visibility to the camera changes
+    only what camera rays hit, so the renders agree bit for bit there. The Object Index pass records one
+    jittered sample per pixel (within 0.75 px of its centre for the default 1.5 px filter): a pixel whose
+    whole 5x5 neighbourhood shows the same index has all its samples well inside that area, unless a
+    sub-pixel sliver of something else crosses it (3x3 is not enough: a neighbour's sample can fall on
+    this pixel's side of an edge). Checked bit-exact against full renders in tests/test_render.py. Only for
+    Cycles without denoising (None otherwise).
+    """
+    from scipy import ndimage
+
+    if spec.render.engine != "CYCLES" or spec.render.denoise or any(o.pass_index <= 0 for o in spec.objects):
+        return None
+    index = np.rint(photo["index"])
+    cross = np.ones((3, 3), dtype=bool)
+    interior = ndimage.binary_erosion(index == spec.objects[i].pass_index, cross, iterations=INTERIOR_ERODE)
+    empty = ndimage.binary_erosion(index == 0, cross, iterations=INTERIOR_ERODE)
+    return interior, empty
+
+
+def _overhead_px(spec: SceneSpec) -> float:
+    """The fixed cost of one compositor-free border render in pixels' worth of path tracing (measured 4-25
+    ms a call at 16 spp on 2 busy cores, where a 256^2 frame takes 1-4 s; the per-pixel cost grows with
+    the sample count). The ratio in bench/bench_groundtruth.py barely moves between 100 and 1200."""
+    return RENDER_OVERHEAD_PX * 16.0 / max(1, spec.render.samples)
+
+
+def _background_needed(
+    object_renders: list[np.ndarray], settings: RenderSettings, shape: tuple[int, int]
+) -> np.ndarray:
+    """Where the background must be rendered: under every object's amodal coverage (alpha > 0). Elsewhere
+    no camera sample hits an object, so the background equals the photo (same seed, same samples). The
+    denoiser (and EEVEE's screen-space effects) spread objects into nearby pixels: then grow the region."""
+    needed = np.zeros(shape, dtype=bool)
+    for rgba in object_renders:
+        needed |= rgba[..., 3] > 0
+    if settings.denoise or settings.engine != "CYCLES":
+        from scipy import ndimage
+
+        needed = ndimage.binary_dilation(needed, iterations=DENOISE_REACH)
+    return needed
+
+
 def _camera_visible(built: BuiltScene, table: bool, objects: set[int]) -> None:
-    built.table.visible_camera = table
+    _assign(built.table, "visible_camera", table)
     for i, obj in enumerate(built.objects):
-        obj.visible_camera = i in objects
+        _assign(obj, "visible_camera", i in objects)
 
 
-def _projected_boxes(spec: SceneSpec, meshes: list[trimesh.Trimesh]) -> list[Box | None]:
-    """Integer pixel boxes [x0, y0, x1, y1) of each object's projection grown by BOX_MARGIN, clipped to the
-    image (the whole frame for an object reaching behind the camera); None when it is off-screen."""
-    from synth.geometry import projected_boxes
+def _assign(owner, name: str, value) -> None:
+    """Set an RNA property only when it changes: every assignment, even of the same value, tags the scene
+    for a depsgraph update that costs a few ms before the next render (comparable to a small border)."""
+    if getattr(owner, name) != value:
+        setattr(owner, name, value)
+
+
+def _projected_regions(spec: SceneSpec, meshes: list[trimesh.Trimesh]) -> list[np.ndarray]:
+    """Per object, the [H, W] pixels its amodal render can touch: the convex hull of its projected vertices
+    grown by BOX_MARGIN (the whole frame for an object reaching behind the camera)."""
+    from synth.geometry import NEAR, project_points
 
     width, height = spec.camera.width, spec.camera.height
-    world = []
+    regions = []
     for obj, mesh in zip(spec.objects, meshes, strict=True):
         m = np.asarray(object_to_world(obj))
-        world.append(
-            trimesh.Trimesh(np.asarray(mesh.vertices) @ m[:3, :3].T + m[:3, 3], mesh.faces, process=False)
-        )
-    boxes = []
-    for x0, y0, x1, y1 in projected_boxes(spec, meshes=world):
-        if not np.isfinite([x0, y0, x1, y1]).all():
-            boxes.append((0, 0, width, height))
-            continue
-        corners = np.array([[x0, y0], [x1, y1]])
-        boxes.append(groundtruth.pixel_box(corners, width, height, BOX_MARGIN))
-    return boxes
-
-
-def _disjoint_groups(boxes: list[Box | None]) -> list[list[int]]:
-    """Greedy grouping of objects whose boxes do not overlap: each group is one amodal render."""
-    groups: list[list[int]] = []
-    for i, box in enumerate(boxes):
-        if box is None:
-            continue
-        for group in groups:
-            if all(not _overlap(box, boxes[j]) for j in group):
-                group.append(i)
-                break
+        xy, depth = project_points(spec.camera, np.asarray(mesh.vertices) @ m[:3, :3].T + m[:3, 3])
+        if np.any(depth <= NEAR):
+            regions.append(np.ones((height, width), dtype=bool))
         else:
-            groups.append([i])
-    return groups
-
-
-def _overlap(a: Box, b: Box) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+            regions.append(groundtruth.hull_mask(xy, width, height, BOX_MARGIN))
+    return regions
 
 
 @contextlib.contextmanager
