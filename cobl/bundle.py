@@ -109,6 +109,7 @@ def build(
         cross_slot_head_dim=config.cross_slot_head_dim,
         full_attention_max_tokens=config.full_attention_max_tokens,
         train_base=config.train_base,
+        photo_skip=config.photo_skip,
     )
     return model, codec, make_scheduler(config)
 

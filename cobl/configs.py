@@ -34,6 +34,7 @@ class CObLConfig:
     null_cond_tokens: int = 4
     cross_slot_head_dim: int = 16
     full_attention_max_tokens: int = 1024  # per-slot tokens up to which cross-slot attention is full
+    photo_skip: bool = False  # zero-initialised per-slot linear photo -> prediction path (see CObLModel)
     prediction_type: str = "sample"
     beta_schedule: str = "squaredcos_cap_v2"
     num_train_timesteps: int = 1000
@@ -101,6 +102,7 @@ def tiny_config(num_objects: int = 4, resolution: int = 64) -> CObLConfig:
         null_cond_tokens=4,
         cross_slot_head_dim=16,
         full_attention_max_tokens=64,  # full at 8x8, per-pixel at 16x16: keeps the step within ~1.2x plain
+        photo_skip=True,
         prediction_type="sample",
         beta_schedule="squaredcos_cap_v2",
     )

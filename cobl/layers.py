@@ -36,19 +36,20 @@ def visible_weights(alphas: Any) -> Any:
     With binary alphas this is the modal mask of each slot: the frontmost covering slot wins.
     """
     weights = []
-    transmitted = 1 - alphas[..., 0, :, :] * 0  # ones, same type/device as the input
+    transmitted = 1 - alphas.sum(-3) * 0  # ones of shape [..., H, W], same type/device (also for K = 0)
     for k in range(alphas.shape[-3]):
         weights.append(alphas[..., k, :, :] * transmitted)
         transmitted = transmitted * (1 - alphas[..., k, :, :])
-    stack = _stack_like(alphas, weights)
-    return stack
+    if not weights:
+        return alphas * 0
+    return _stack_like(alphas, weights)
 
 
 def modal_ids(alphas: Any, threshold: float = 0.5) -> Any:
     """Modal instance map from amodal alphas ``[..., K, H, W]``: 0 = background, k+1 = frontmost slot k with
     alpha > threshold at that pixel. The same convention as ``ids.png``."""
     covered = alphas > threshold
-    ids = covered[..., 0, :, :] * 0
+    ids = covered.sum(-3) * 0  # zeros of shape [..., H, W] (also for K = 0)
     for k in range(alphas.shape[-3] - 1, -1, -1):
         ids = ids * (1 - covered[..., k, :, :] * 1) + covered[..., k, :, :] * (k + 1)
     return ids

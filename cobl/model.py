@@ -30,7 +30,7 @@ from cobl.cross_slot import CrossSlotAttention, insert_cross_slot_attention
 from cobl.errors import UserError
 
 # Parameter-name fragments of the modules CObL adds; everything else in ``unet`` is the (frozen) base.
-NEW_MODULE_KEYS = ("conv_in", "conv_out", "cross_slot", "null_encoder_hidden_states")
+NEW_MODULE_KEYS = ("conv_in", "conv_out", "cross_slot", "null_encoder_hidden_states", "photo_skip")
 _PRIVATE_CONFIG_KEYS = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
 
 
@@ -57,6 +57,7 @@ class CObLModel(ModelMixin, ConfigMixin):
         cross_slot_head_dim: int = 64,
         full_attention_max_tokens: int = 1024,
         train_base: bool = False,
+        photo_skip: bool = False,
     ):
         super().__init__()
         self.unet = UNet2DConditionModel.from_config(unet_config)
@@ -71,6 +72,13 @@ class CObLModel(ModelMixin, ConfigMixin):
         dim = self.unet.config.cross_attention_dim
         dim = dim[0] if isinstance(dim, (list, tuple)) else dim
         self.null_encoder_hidden_states = nn.Parameter(torch.zeros(1, null_cond_tokens, dim))
+        # Optional per-slot linear map photo latent -> slot prediction, zero-initialised (so step 0 is still
+        # the base UNet). It makes "copy the photo where this slot shows it" a linear job instead of one the
+        # whole UNet must learn; with a lossless pixel codec that is most of the background slot and the
+        # visible part of every object.
+        if photo_skip:
+            self.photo_skip_weight = nn.Parameter(torch.zeros(num_slots, slot_channels, photo_channels))
+            self.photo_skip_bias = nn.Parameter(torch.zeros(num_slots, slot_channels))
         self.set_trainable()
 
     # ------------------------------------------------------------------ construction
@@ -113,6 +121,7 @@ class CObLModel(ModelMixin, ConfigMixin):
         full_attention_max_tokens: int = 1024,
         train_base: bool = False,
         null_cond_init: torch.Tensor | None = None,
+        photo_skip: bool = False,
     ) -> CObLModel:
         """Build CObL around a (pretrained) base UNet; ``unet`` itself is left untouched."""
         model = cls(
@@ -124,6 +133,7 @@ class CObLModel(ModelMixin, ConfigMixin):
             cross_slot_head_dim=cross_slot_head_dim,
             full_attention_max_tokens=full_attention_max_tokens,
             train_base=train_base,
+            photo_skip=photo_skip,
         )
         base_state = {
             k: v for k, v in unet.state_dict().items() if not k.startswith(("conv_in.", "conv_out."))
@@ -196,5 +206,9 @@ class CObLModel(ModelMixin, ConfigMixin):
         t = t.expand(b) if t.ndim == 0 else t
         t = t.repeat_interleave(s)  # one timestep per scene, shared by its slots
         cond = self.null_encoder_hidden_states.to(x.dtype).expand(b * s, -1, -1)
-        out = self.unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
-        return out.view(b, s, c, h, w)
+        out = self.unet(x, t, encoder_hidden_states=cond, return_dict=False)[0].view(b, s, c, h, w)
+        if self.config.photo_skip:
+            weight = self.photo_skip_weight.to(out.dtype)
+            skip = torch.einsum("sck,bkhw->bschw", weight, photo_latents.to(out.dtype))
+            out = out + skip + self.photo_skip_bias.to(out.dtype)[None, :, :, None, None]
+        return out

@@ -65,3 +65,10 @@ def test_channel_moves_round_trip(make):
     x = make((2, 7, 5, 4))
     assert tuple(to_channels_first(x).shape) == (2, 4, 7, 5)
     assert tuple(to_channels_last(to_channels_first(x)).shape) == (2, 7, 5, 4)
+
+
+@pytest.mark.parametrize("make", [np.zeros, torch.zeros])
+def test_empty_stack(make):
+    alphas = make((0, 3, 4))
+    assert tuple(modal_ids(alphas).shape) == (3, 4) and not modal_ids(alphas).any()
+    assert tuple(visible_weights(alphas).shape) == (0, 3, 4)

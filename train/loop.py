@@ -169,6 +169,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
                         opts.seed,
                         opts.snr_gamma,
                         opts.cond_dropout,
+                        opts.object_weight,
                     )
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and opts.max_grad_norm > 0:

@@ -30,6 +30,7 @@ class TrainOptions:
     ema: bool = False
     ema_decay: float = 0.999
     snr_gamma: float | None = None
+    object_weight: float = 0.0
     cond_dropout: float = 0.0
     checkpoint_every: int = 500
     checkpoints_total_limit: int = 3
@@ -58,6 +59,7 @@ HELP = {
     "mixed_precision": "no | fp16 | bf16",
     "ema": "keep an EMA of the trained weights; the export uses it",
     "snr_gamma": "min-SNR loss weighting gamma (e.g. 5)",
+    "object_weight": "weigh the loss under objects by 1 + W (objects are a few per cent of the pixels)",
     "cond_dropout": "probability of dropping the photo condition (for guidance-free sampling)",
     "checkpoint_every": "save a resumable checkpoint every N optimizer steps",
     "resume": "'latest' or a checkpoint directory",
