@@ -365,15 +365,19 @@ def _sample_camera(
     radius = float(np.linalg.norm(points - target, axis=1).max())
     distance = radius / math.tan(half_fov) / fill
     lo_d, hi_d = config.camera_distance
-    for _ in range(4):
-        distance = min(max(distance, lo_d), hi_d)
-        camera = CameraSpec(
+
+    def camera_at(distance: float) -> CameraSpec:
+        return CameraSpec(
             width=w,
             height=h,
             focal_mm=focal,
             sensor_width_mm=config.sensor_width_mm,
             cam_to_world=geometry.look_at(target + distance * direction, target),
         )
+
+    for _ in range(4):
+        distance = min(max(distance, lo_d), hi_d)
+        camera = camera_at(distance)
         xy, depth = geometry.project_points(camera, points)
         if np.any(depth <= geometry.NEAR):
             distance *= 1.5
@@ -382,13 +386,7 @@ def _sample_camera(
         span = float(np.max(np.abs(xy - [w / 2.0, h / 2.0]) / [w / 2.0, h / 2.0]))
         distance *= span / fill
     distance = min(max(distance, lo_d), hi_d)
-    camera = CameraSpec(
-        width=w,
-        height=h,
-        focal_mm=focal,
-        sensor_width_mm=config.sensor_width_mm,
-        cam_to_world=geometry.look_at(target + distance * direction, target),
-    )
+    camera = camera_at(distance)
     xy, depth = geometry.project_points(camera, points)
     m = config.margin
     inside = (

@@ -61,7 +61,15 @@ def read_render_result(scene: bpy.types.Scene, path: str) -> np.ndarray:
     """The last render's combined pass, top row first, premultiplied linear RGBA [h, w, 4] at the size of
     the (cropped) render."""
     bpy.data.images["Render Result"].save_render(path, scene=scene)
-    image = bpy.data.images.load(path)
+    pixels = _load_exr(path)
+    if pixels.shape[-1] != 4:
+        raise RuntimeError(f"render result {path} has {pixels.shape[-1]} channels, expected RGBA")
+    return pixels
+
+
+def _load_exr(path: str | Path) -> np.ndarray:
+    """Load an EXR through Blender as raw data, delete the file, return [h, w, channels] top row first."""
+    image = bpy.data.images.load(str(path))
     try:
         image.colorspace_settings.is_data = True
         width, height = image.size
@@ -71,9 +79,7 @@ def read_render_result(scene: bpy.types.Scene, path: str) -> np.ndarray:
     finally:
         bpy.data.images.remove(image)
     os.unlink(path)
-    if channels != 4:
-        raise RuntimeError(f"render result {path} has {channels} channels, expected RGBA")
-    return np.ascontiguousarray(pixels.reshape(height, width, 4)[::-1])
+    return np.ascontiguousarray(pixels.reshape(height, width, channels)[::-1])  # Blender's rows go bottom-up
 
 
 def read_passes(out_dir: str, height: int, width: int) -> dict[str, np.ndarray]:
@@ -87,15 +93,8 @@ def read_passes(out_dir: str, height: int, width: int) -> dict[str, np.ndarray]:
             if name == "index":
                 continue  # not wired for this engine
             raise RuntimeError(f"render pass {name!r} was not written to {out_dir}")
-        image = bpy.data.images.load(str(path))
-        try:
-            image.colorspace_settings.is_data = True
-            pixels = np.empty(width * height * image.channels, dtype=np.float32)
-            image.pixels.foreach_get(pixels)
-            channels = image.channels
-        finally:
-            bpy.data.images.remove(image)
-        os.unlink(path)
-        array = pixels.reshape(height, width, channels)[::-1]  # Blender's rows go bottom-up
-        result[name] = np.ascontiguousarray(array if name == "rgba" else array[..., 0])
+        array = _load_exr(path)
+        if array.shape[:2] != (height, width):
+            raise RuntimeError(f"render pass {name!r} is {array.shape[:2]}, expected {(height, width)}")
+        result[name] = array if name == "rgba" else np.ascontiguousarray(array[..., 0])
     return result
