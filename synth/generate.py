@@ -365,18 +365,22 @@ class GenerationError(RuntimeError):
     pass
 
 
-def ensure_ray(workers: int, address: str | None) -> None:
-    """Join ``address``, reuse an already initialised Ray, or start a private local instance."""
+def ensure_ray(workers: int, address: str | None) -> bool:
+    """Join ``address``, reuse an already initialised Ray, or start a private local instance.
+
+    Returns True when this call connected, so the caller disconnects again (a job run in-process, e.g. by
+    ``cobl demo``, must not leave its private Ray instance behind for whatever runs next)."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
-        return
+        return False
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
         # address="local" always starts a fresh instance, never attaching to someone else's cluster.
         ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=True)
+    return True
 
 
 def run_generation(
@@ -424,7 +428,7 @@ def run_generation(
         f"({config.num_scenes - done_scenes} scenes) on {workers} worker(s)"
     )
 
-    ensure_ray(workers, address)
+    connected_here = ensure_ray(workers, address)
     progress.t0 = time.monotonic()  # the rate (and ETA) counts rendering time, not Ray's start-up
     resources = {worker_resource: 1} if worker_resource else None
     actor_cls = ray.remote(RenderWorker).options(
@@ -513,6 +517,8 @@ def run_generation(
     finally:
         for actor in actors:
             ray.kill(actor)
+        if connected_here:
+            ray.shutdown()
     manifest.complete = len(manifest.shards) == len(plans)
     manifest.save(out)
     summary.seconds = time.monotonic() - t0

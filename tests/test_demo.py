@@ -22,6 +22,12 @@ def demo_out(tmp_path_factory):
     return out
 
 
+def test_demo_leaves_no_ray_instance_behind(demo_out):
+    import ray
+
+    assert not ray.is_initialized()  # the data stage shuts down the local Ray it started
+
+
 def test_every_artifact_exists_and_parses(demo_out):
     for png in ("dataset_samples.png", "loss_curve.png", "predictions.png"):
         with Image.open(demo_out / png) as im:
