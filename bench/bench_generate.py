@@ -63,15 +63,21 @@ def bench_persistent_vs_fresh(ray, config, scenes: int) -> tuple[float, float, f
     return scenes / steady, scenes / (startup + steady), scenes / fresh
 
 
-def bench_workers(config_factory, scenes: int) -> tuple[float, float]:
+def bench_workers(config_factory, scenes: int) -> tuple[float, float, float]:
+    """Scenes/s of (1 worker, 1 Cycles thread), (2 workers, 1 thread each), (1 worker, all cores).
+
+    The first two give Ray's scaling at a fixed per-worker cost; the third shows what one worker already
+    gets from Cycles' own threads (the job's default for a single worker)."""
     from synth.generate import run_generation
 
     rates = []
-    for workers in (1, 2):
+    for workers, threads in ((1, 1), (2, 1), (1, 0)):
         with tempfile.TemporaryDirectory(prefix="cobl_bench_") as out:
-            summary = run_generation(out, config_factory(scenes), workers=workers, log=lambda s: None)
+            summary = run_generation(
+                out, config_factory(scenes), workers=workers, log=lambda s: None, threads_per_worker=threads
+            )
             rates.append(summary.scenes_rendered / summary.seconds)
-    return rates[0], rates[1]
+    return rates[0], rates[1], rates[2]
 
 
 def bench_rss(config, scenes: int) -> list[float]:
@@ -107,10 +113,12 @@ def main() -> None:
             f"({pers_startup / fresh:.2f}x with start-up) (target >= 3x) [{args.res}², {args.scenes} scenes]",
             flush=True,
         )
-        one, two = bench_workers(config, 2 * args.scenes)
+        one, two, one_all_cores = bench_workers(config, 2 * args.scenes)
         print(
-            f"1 worker {one:.3f} scenes/s | 2 workers {two:.3f} scenes/s | ratio {two / one:.2f}x "
-            f"(target >= 1.8x on {os.cpu_count()} cores)  [{2 * args.scenes} scenes, shards written]",
+            f"1 worker {one:.3f} scenes/s | 2 workers {two:.3f} scenes/s (1 Cycles thread each) | ratio "
+            f"{two / one:.2f}x (target >= 1.8x on {os.cpu_count()} cores)  [{2 * args.scenes} scenes, shards "
+            f"written]\n1 worker on all cores {one_all_cores:.3f} scenes/s: 2 single-thread workers are "
+            f"{two / one_all_cores:.2f}x that",
             flush=True,
         )
     finally:

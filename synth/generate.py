@@ -394,8 +394,12 @@ def run_generation(
     on_result: Callable[[dict[str, Any]], None] | None = None,
     progress_interval: float = 5.0,
     worker_resource: str | None = None,
+    threads_per_worker: int | None = None,
 ) -> Summary:
     """Render every scene of ``config`` not yet in a verified shard under ``out``; return a summary.
+
+    ``threads_per_worker``: Cycles threads of each actor; by default 1 when there are several workers (one
+    per core) and all cores for a single worker.
 
     ``on_result`` sees each scene's result (index, key, pid, seconds, rss_mb) as it arrives (tests use it).
     ``worker_resource`` names a custom Ray resource the actors each take one unit of (``render`` on the
@@ -434,7 +438,7 @@ def run_generation(
     actor_cls = ray.remote(RenderWorker).options(
         num_cpus=1, resources=resources, max_restarts=-1, max_task_retries=retries, max_concurrency=1
     )
-    threads = 1 if workers > 1 else 0
+    threads = threads_per_worker if threads_per_worker is not None else (1 if workers > 1 else 0)
     cfg_dict = config.to_dict()
     actors = [actor_cls.remote(cfg_dict, threads) for _ in range(workers)]
     last_pid: dict[int, int] = {}
