@@ -155,7 +155,7 @@ def object_depths(spec: SceneSpec) -> list[float]:
 
 
 def ordering(spec: SceneSpec, amodal: np.ndarray, modal_spec_ids: np.ndarray) -> tuple[list[int], list, list]:
-    """(front-to-back spec indices, occlusion edges, edges dropped to break cycles).
+    """(front-to-back spec indices, kept occlusion edges (acyclic), edges dropped to break cycles).
 
     The Object Index pass is a point sample per pixel while the masks threshold an antialiased alpha, so at a
     boundary between two objects a pixel or two can claim the back object occludes the front one. Cycles are
@@ -175,7 +175,7 @@ def ordering(spec: SceneSpec, amodal: np.ndarray, modal_spec_ids: np.ndarray) ->
         weakest = min((e for e in kept if (e[0], e[1]) in cycle), key=lambda e: (e[2], e[0], e[1]))
         kept.remove(weakest)
         dropped.append(weakest)
-    return list(order), edges, dropped
+    return list(order), kept, dropped
 
 
 def assemble(
@@ -230,7 +230,9 @@ def assemble(
     for k, i in enumerate(order):
         amodal_px = int(amodal[i].sum())
         modal_mask = ids == k + 1
-        modal_px = int(modal_mask.sum())
+        # Visible = shown in the photo AND inside the amodal mask: the index pass takes one sample per pixel
+        # and alpha > 0.5 thresholds a coverage, so at anti-aliased edges the two can disagree by a pixel.
+        modal_px = int((modal_mask & amodal[i]).sum())
         objects_gt.append(
             {
                 "name": names[i],
@@ -246,6 +248,7 @@ def assemble(
     ground_truth = {
         "order": [names[i] for i in order],
         "objects": objects_gt,
+        # an acyclic graph consistent with "order"; the edges dropped to break cycles are listed separately
         "occlusion_edges": [{"front": names[f], "back": names[b], "pixels": int(p)} for f, b, p in edges],
         "dropped_edges": [{"front": names[f], "back": names[b], "pixels": int(p)} for f, b, p in dropped],
         "camera": {

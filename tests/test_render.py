@@ -88,13 +88,15 @@ def test_scene_json_is_consistent(rendered):
         assert [o["layer"] for o in gt["objects"]] == list(range(len(spec.objects)))
         ids = scene.image(schema.IDS)
         for obj in gt["objects"]:
-            assert obj["modal_pixels"] == int((ids == obj["layer"] + 1).sum())
+            amodal = scene.image(schema.layer_name(obj["layer"]))[..., 3] > 127
+            assert obj["amodal_pixels"] == int(amodal.sum())
+            assert obj["modal_pixels"] == int(((ids == obj["layer"] + 1) & amodal).sum())
             assert 0.0 < obj["visible_fraction"] <= 1.0
         position = {name: k for k, name in enumerate(gt["order"])}
         dropped = {(e["front"], e["back"]) for e in gt["dropped_edges"]}
-        for edge in gt["occlusion_edges"]:
-            if (edge["front"], edge["back"]) not in dropped:
-                assert position[edge["front"]] < position[edge["back"]]
+        for edge in gt["occlusion_edges"]:  # the kept edges agree with the order
+            assert (edge["front"], edge["back"]) not in dropped
+            assert position[edge["front"]] < position[edge["back"]]
         assert gt["render"]["view_transform"] == "Standard" and gt["render"]["samples"] == 8
         assert np.allclose(np.asarray(gt["camera"]["K"]), np.asarray(spec.camera.intrinsics()))
 
