@@ -148,3 +148,24 @@ def test_hull_mask_contains_the_projection():
     assert mask[inside[:, 1].astype(int), inside[:, 0].astype(int)].all()
     assert mask.sum() < 0.9 * (np.ptp(points[:, 0]) + 2) * (np.ptp(points[:, 1]) + 2)  # tighter than the box
     assert hull_mask(points, 64, 48, margin=2).sum() > mask.sum()
+
+
+def test_every_object_matches_pyrender_at_095_when_objects_are_resolved():
+    """The issue's criterion verbatim: per-object IoU >= 0.95 between Blender's alpha > 0.5 and pyrender's
+    mask, on scenes whose objects cover at least 2% of a 128² frame (at 96² a one-pixel boundary shift alone
+    costs a 100-pixel object ~0.1 IoU, which is what the test above allows for)."""
+    from synth.blender.renderer import BlenderRenderer
+    from synth.pyrender_check import mask_iou, render_amodal
+
+    config = SamplerConfig(
+        width=128, height=128, samples=4, min_objects=2, max_objects=4, check_res=64, min_object_area=0.02
+    )
+    with BlenderRenderer(threads=2) as renderer:
+        for seed in (0, 3, 6):
+            spec = sample_scene(seed, config)
+            scene = renderer.render(spec)
+            masks, _ = render_amodal(spec)
+            names = [o.name for o in spec.objects]
+            for k, name in enumerate(scene.ground_truth["order"]):
+                iou = mask_iou(scene.layers()[k][..., 3] > 127, masks[names.index(name)])
+                assert iou >= 0.95, f"seed {seed} {name}: IoU {iou:.3f}"
