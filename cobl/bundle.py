@@ -66,6 +66,14 @@ def build(
     diffusers folder ``pretrained``.
     """
     config.validate()
+    # What the config decides about the new modules, the same for a pretrained and a fresh base UNet.
+    module_options = dict(
+        null_cond_tokens=config.null_cond_tokens,
+        cross_slot_head_dim=config.cross_slot_head_dim,
+        full_attention_max_tokens=config.full_attention_max_tokens,
+        train_base=config.train_base,
+        photo_skip=config.photo_skip,
+    )
     if config.name == "sd" or pretrained is not None:
         if pretrained is None:
             raise UserError("--config sd needs --pretrained PATH (a local diffusers Stable Diffusion folder)")
@@ -78,11 +86,8 @@ def build(
             num_objects=config.num_objects,
             slot_channels=codec.latent_channels,
             photo_channels=codec.photo_channels,
-            null_cond_tokens=config.null_cond_tokens,
-            cross_slot_head_dim=config.cross_slot_head_dim,
-            full_attention_max_tokens=config.full_attention_max_tokens,
-            train_base=config.train_base,
             null_cond_init=_empty_prompt_embedding(path, config.null_cond_tokens),
+            **module_options,
         )
         return model, codec, make_scheduler(config, path)
 
@@ -105,11 +110,7 @@ def build(
         num_slots=config.num_slots,
         slot_channels=codec.latent_channels,
         photo_channels=codec.photo_channels,
-        null_cond_tokens=config.null_cond_tokens,
-        cross_slot_head_dim=config.cross_slot_head_dim,
-        full_attention_max_tokens=config.full_attention_max_tokens,
-        train_base=config.train_base,
-        photo_skip=config.photo_skip,
+        **module_options,
     )
     return model, codec, make_scheduler(config)
 
