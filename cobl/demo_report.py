@@ -7,21 +7,16 @@ import argparse
 import itertools
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from cobl.report import write_report
+from infer.io import to_uint8
 from synth.contact_sheet import over_checkerboard
 
 FIGURE_SCENES = 4
 CELL = 128  # pixels per image cell in the figures (nearest upscaling keeps 64² renders crisp)
-
-
-def _u8(image: Any) -> np.ndarray:
-    """[C, H, W] float tensor in [0, 1] -> [H, W, C] uint8."""
-    return (image.detach().clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
 
 def _cell(image: np.ndarray) -> Image.Image:
@@ -47,7 +42,7 @@ def dataset_figure(data: Path, path: Path, num_objects: int, res: int) -> None:
     rows = []
     for s in itertools.islice(iter(make_dataset(str(data / "shards" / "train-*.tar"), num_objects, res,
                                                 shuffle=False, epochs=1)), FIGURE_SCENES):
-        rows.append([_u8(s["photo"]), _u8(s["background"]), *(_u8(layer) for layer in s["layers"])])
+        rows.append([to_uint8(s["photo"]), to_uint8(s["background"]), *map(to_uint8, s["layers"])])
     _grid(rows, path)
 
 
@@ -64,12 +59,12 @@ def predictions_figure(args: argparse.Namespace, path: Path) -> list[str]:
                                                 epochs=1)), FIGURE_SCENES):
         result = decompose(pipe, s["photo"], num_inference_steps=args.sampling_steps,
                            guidance_scale=args.guidance_scale, seed=sample_seed(s["key"], args.seed) % 2**63)
-        true = [_u8(layer) for layer in s["layers"][: s["num_objects"]]]
-        pred = [_u8(layer) for layer in result.layers]
+        true = [to_uint8(layer) for layer in s["layers"][: s["num_objects"]]]
+        pred = [to_uint8(layer) for layer in result.layers]
         width = max(pipe.num_objects, 1)
-        rows.append([_u8(s["photo"]), *true, *[None] * (width - len(true)),
+        rows.append([to_uint8(s["photo"]), *true, *[None] * (width - len(true)),
                      *pred, *[None] * (width - len(pred)),
-                     _u8(composite(result.layers, result.background))])
+                     to_uint8(composite(result.layers, result.background))])
         keys.append(s["key"])
     _grid(rows, path)
     return keys
