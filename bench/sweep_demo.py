@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from cobl.cli import main as cobl
-from cobl.configs import tiny_config
+from cobl.configs import tiny_config, tiny_unet_kwargs
 
 # name -> (config overrides, train options)
 VARIANTS: dict[str, tuple[dict, dict]] = {
@@ -32,6 +32,34 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "64px-f8-skip-ow10": (
         {"resolution": 64, "space_to_depth_factor": 8, "photo_skip": True},
         {"batch-size": 8, "lr": 1e-3, "object-weight": 10},
+    ),
+    # + slot matching (train.loss): objects whose layers do not overlap may take either slot
+    "64px-f8-skip-ow10-match": (
+        {"resolution": 64, "space_to_depth_factor": 8, "photo_skip": True},
+        {"batch-size": 8, "lr": 1e-3, "object-weight": 10, "slot-matching": True},
+    ),
+    "64px-f8-skip-ow10-match-v": (
+        {"resolution": 64, "space_to_depth_factor": 8, "photo_skip": True, "prediction_type": "v_prediction"},
+        {"batch-size": 8, "lr": 1e-3, "object-weight": 10, "slot-matching": True},
+    ),
+    # + the depth condition (cobl.depth): relative inverse depth of the renderer, beside the photo
+    "64px-f8-skip-ow10-depth": (
+        {"resolution": 64, "space_to_depth_factor": 8, "photo_skip": True, "depth_condition": True},
+        {"batch-size": 8, "lr": 1e-3, "object-weight": 10},
+    ),
+    "64px-f8-skip-ow10-depth-match": (
+        {"resolution": 64, "space_to_depth_factor": 8, "photo_skip": True, "depth_condition": True},
+        {"batch-size": 8, "lr": 1e-3, "object-weight": 10, "slot-matching": True},
+    ),
+    "64px-f8-skip-ow10-depth-match-lr2e-3": (
+        {"resolution": 64, "space_to_depth_factor": 8, "photo_skip": True, "depth_condition": True},
+        {"batch-size": 8, "lr": 2e-3, "object-weight": 10, "slot-matching": True},
+    ),
+    # + a UNet twice as wide (block channels 64/128, head dim 16)
+    "64px-f8-skip-ow10-depth-match-wide": (
+        {"resolution": 64, "space_to_depth_factor": 8, "photo_skip": True, "depth_condition": True,
+         "unet": {**tiny_unet_kwargs(), "block_out_channels": [64, 128], "attention_head_dim": [4, 8]}},
+        {"batch-size": 8, "lr": 1e-3, "object-weight": 10, "slot-matching": True},
     ),
     "32px-f4-skip": (
         {"resolution": 32, "space_to_depth_factor": 4, "photo_skip": True}, {"batch-size": 8, "lr": 1e-3}
@@ -55,7 +83,7 @@ def run_variant(name: str, data: Path, out: Path, steps: int, eval_scenes: int, 
     if any((run / "run" / "checkpoints").glob("step-*")):
         argv += ["--resume", "latest"]
     for k, v in train_opts.items():
-        argv += [f"--{k}", str(v)]
+        argv += [f"--{k}"] if v is True else [f"--{k}", str(v)]
     t0 = time.perf_counter()
     assert cobl(argv) == 0
     train_s = time.perf_counter() - t0

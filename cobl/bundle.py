@@ -86,6 +86,7 @@ def build(
             num_objects=config.num_objects,
             slot_channels=codec.latent_channels,
             photo_channels=codec.photo_channels,
+            depth_channels=codec.depth_channels if config.depth_condition else 0,
             null_cond_init=_empty_prompt_embedding(path, config.null_cond_tokens),
             **module_options,
         )
@@ -110,6 +111,7 @@ def build(
         num_slots=config.num_slots,
         slot_channels=codec.latent_channels,
         photo_channels=codec.photo_channels,
+        depth_channels=codec.depth_channels if config.depth_condition else 0,
         **module_options,
     )
     return model, codec, make_scheduler(config)

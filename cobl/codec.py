@@ -5,7 +5,8 @@ Interface shared by both codecs (all differentiable, values in [0, 1] on the ima
     slot last, carrying alpha = 1;
   * ``decode_layers(latents [B,S,C,h,w]) -> (layers [B,K,4,H,W], background [B,3,H,W])``;
   * ``encode_photo(photo [B,3,H,W]) -> [B,Cp,h,w]``, ``decode_photo(latents) -> [B,3,H,W]``;
-  * ``latent_channels`` (C), ``photo_channels`` (Cp), ``downsample`` (H / h).
+  * ``encode_depth(depth [B,1,H,W]) -> [B,Cd,h,w]`` for the optional depth condition (``cobl.depth``);
+  * ``latent_channels`` (C), ``photo_channels`` (Cp), ``depth_channels`` (Cd), ``downsample`` (H / h).
 
 ``VAECodec`` encodes a slot's RGB through a frozen ``AutoencoderKL`` and its alpha as a grey image through the
 same VAE, stacking the two latents (C = 2 x the VAE's latent channels): alpha then lives in the latent space
@@ -93,8 +94,15 @@ class SpaceToDepthCodec(LayerCodec):
     def _decode_images(self, latents: torch.Tensor) -> torch.Tensor:
         return F.pixel_shuffle(latents, self.factor)
 
+    @property
+    def depth_channels(self) -> int:
+        return self.factor**2
+
     def encode_photo(self, photo: torch.Tensor) -> torch.Tensor:
         return F.pixel_unshuffle(_to_signed(photo), self.factor)
+
+    def encode_depth(self, depth: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(_to_signed(depth), self.factor)
 
     def decode_photo(self, latents: torch.Tensor) -> torch.Tensor:
         return _to_unit(F.pixel_shuffle(latents, self.factor))
@@ -156,8 +164,16 @@ class VAECodec(LayerCodec):
         alpha = img[n:].mean(dim=1, keepdim=True)
         return torch.cat([img[:n], alpha], dim=1)
 
+    @property
+    def depth_channels(self) -> int:
+        return self.vae_channels
+
     def encode_photo(self, photo: torch.Tensor) -> torch.Tensor:
         return self._encode_rgb(_to_signed(photo))
+
+    def encode_depth(self, depth: torch.Tensor) -> torch.Tensor:
+        """Depth as a grey image through the same VAE (as the alpha channel is)."""
+        return self._encode_rgb(_to_signed(depth).expand(-1, 3, -1, -1))
 
     def decode_photo(self, latents: torch.Tensor) -> torch.Tensor:
         return _to_unit(self._decode_rgb(latents))
@@ -168,6 +184,16 @@ class VAECodec(LayerCodec):
         directory.mkdir(parents=True, exist_ok=True)
         self.vae.save_pretrained(directory / "vae")
         (directory / CODEC_FILE).write_text(json.dumps({"kind": self.kind, "vae": "vae"}))
+
+
+def encode_condition(codec: LayerCodec, photo: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
+    """The model's condition ``[B, Cp (+ Cd), h, w]``: the photo latent, then the depth latent when given.
+
+    The one place the condition is assembled, so the trainer and the sampler feed the model alike."""
+    photo_latents = codec.encode_photo(photo)
+    if depth is None:
+        return photo_latents
+    return torch.cat([photo_latents, codec.encode_depth(depth.to(photo.dtype))], dim=1)
 
 
 def load_vae(path: str | Path):

@@ -35,6 +35,7 @@ class CObLConfig:
     cross_slot_head_dim: int = 16
     full_attention_max_tokens: int = 1024  # per-slot tokens up to which cross-slot attention is full
     photo_skip: bool = False  # zero-initialised per-slot linear photo -> prediction path (see CObLModel)
+    depth_condition: bool = False  # condition on relative depth as well as the photo (cobl.depth)
     prediction_type: str = "sample"
     beta_schedule: str = "squaredcos_cap_v2"
     num_train_timesteps: int = 1000

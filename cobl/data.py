@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cobl.depth import depth_from_npy_bytes
 from cobl.errors import UserError
 from cobl.layers import EMPTY_RGB
 from synth import schema
@@ -124,12 +125,13 @@ def _resize(x: torch.Tensor, resolution: int, mode: str = "bilinear") -> torch.T
 
 
 def decode_sample(
-    sample: dict[str, Any], num_slots_k: int, resolution: int, ids: bool = True
+    sample: dict[str, Any], num_slots_k: int, resolution: int, ids: bool = True, depth: bool = True
 ) -> dict[str, Any]:
     """One WebDataset sample (member name -> bytes) -> ``dict(photo [3,H,W], layers [K,4,H,W],
-    background [3,H,W], ids [H,W] long, num_objects, key, scene)``, floats in [0, 1].
+    background [3,H,W], ids [H,W] long, depth [1,H,W], num_objects, key, scene)``, floats in [0, 1].
 
-    ``ids=False`` skips ``ids.png`` (only evaluation needs it; ``ids`` is then None).
+    ``ids=False`` skips ``ids.png`` (only evaluation needs it; ``ids`` is then None). ``depth`` is the
+    relative disparity of ``depth.npy`` (``cobl.depth``); ``depth=False`` skips it (``depth`` is then None).
     Raises ``TooManyObjects`` for scenes with more than K non-empty layers, ``SkipSample`` for corrupt ones.
 
     Why it is shaped like this: PNG inflate is the floor of the cost, so everything else is done once per
@@ -143,6 +145,7 @@ def decode_sample(
         photo_u8 = _png(sample[schema.RGB], "RGB")
         background_u8 = _png(sample[schema.BACKGROUND], "RGB")
         ids_u8 = _png(sample[schema.IDS], "L") if ids else None
+        depth_t = depth_from_npy_bytes(sample[schema.DEPTH])[None] if depth else None
         scene_raw = sample.get(schema.SCENE)
         scene = json.loads(scene_raw) if scene_raw is not None else {}
         layer_members = sorted(
@@ -156,6 +159,8 @@ def decode_sample(
     shapes = {tuple(a.shape[:2]) for a in [photo_u8, background_u8, *layers_u8]}
     if ids_u8 is not None:
         shapes.add(tuple(ids_u8.shape))
+    if depth_t is not None:
+        shapes.add(tuple(depth_t.shape[-2:]))
     if len(shapes) != 1:
         raise SkipSample(f"sample {key}: members have different sizes {sorted(shapes)}")
     n = len(layers_u8)
@@ -201,11 +206,14 @@ def decode_sample(
         background = _resize(background, resolution).clamp(0, 1).contiguous()
         if ids_t is not None:
             ids_t = _resize(ids_t[None, None].float(), resolution, mode="nearest")[0, 0].long().contiguous()
+        if depth_t is not None:
+            depth_t = _resize(depth_t, resolution).clamp(0, 1).contiguous()
     return {
         "photo": photo,
         "layers": stack,
         "background": background,
         "ids": ids_t,
+        "depth": depth_t,
         "num_objects": n,
         "key": key,
         "scene": scene,
@@ -227,6 +235,7 @@ class LayerDataset(torch.utils.data.IterableDataset):
         skip: dict[int, int] | None = None,
         epochs: int | None = None,
         ids: bool = True,
+        depth: bool = True,
     ):
         super().__init__()
         self.urls = list(urls)
@@ -238,6 +247,7 @@ class LayerDataset(torch.utils.data.IterableDataset):
         self.skip = dict(skip or {})  # global worker -> number of raw samples already consumed
         self.epochs = epochs  # None = endless
         self.ids = ids  # decode ids.png (evaluation); training does not need it
+        self.depth = depth  # decode depth.npy (only depth-conditioned models need it)
         self.counts = {"decoded": 0, "corrupt": 0, "too_many_objects": 0}
 
     def _shard_stream(self) -> Iterator[dict[str, str]]:
@@ -282,7 +292,7 @@ class LayerDataset(torch.utils.data.IterableDataset):
             if position < start:
                 continue
             try:
-                out = decode_sample(sample, self.k, self.resolution, ids=self.ids)
+                out = decode_sample(sample, self.k, self.resolution, ids=self.ids, depth=self.depth)
             except SkipSample as err:
                 self.counts[err.reason] += 1
                 warnings.warn(f"skipping {err} ({self.counts[err.reason]} {err.reason} so far)", stacklevel=2)
@@ -311,19 +321,21 @@ def make_dataset(
     skip: dict[int, int] | None = None,
     epochs: int | None = None,
     ids: bool = True,
+    depth: bool = True,
 ) -> LayerDataset:
     """The streaming dataset over ``urls`` (a brace pattern, a glob, or a list of shard paths).
 
-    ``ids=False`` skips decoding ``ids.png`` (samples then carry ``ids=None``): a training loader's saving."""
+    ``ids=False``/``depth=False`` skip decoding ``ids.png``/``depth.npy`` (samples then carry None): a
+    training loader's saving."""
     if isinstance(urls, str) or any(("{" in u or glob.has_magic(u)) for u in urls):
         urls = expand_urls(urls)
-    return LayerDataset(urls, k, resolution, shuffle, seed, shuffle_buffer, skip, epochs, ids)
+    return LayerDataset(urls, k, resolution, shuffle, seed, shuffle_buffer, skip, epochs, ids, depth)
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack tensors (``ids`` is None when any sample lacks it); keep keys, scenes and positions as lists."""
     out: dict[str, Any] = {}
-    for name in ("photo", "layers", "background", "ids"):
+    for name in ("photo", "layers", "background", "ids", "depth"):
         values = [s.get(name) for s in samples]
         out[name] = None if any(v is None for v in values) else torch.stack(values)
     out["num_objects"] = torch.tensor([s["num_objects"] for s in samples])

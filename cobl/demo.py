@@ -37,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
     "object_weight": 10.0,
     "codec_factor": 8,
+    "depth": True,
+    "slot_matching": True,
     "eval_scenes": 24,
     "sampling_steps": 20,
     "guidance_scale": 1.0,
@@ -60,6 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="loss weight 1+W under objects (see `cobl train --help`)")
     p.add_argument("--codec-factor", type=int, default=DEFAULTS["codec_factor"],
                    help="space-to-depth factor of the tiny model's pixel codec")
+    p.add_argument("--no-depth", dest="depth", action="store_false",
+                   help="condition the model on the photo alone (default: photo + the renderer's depth)")
+    p.add_argument("--no-slot-matching", dest="slot_matching", action="store_false",
+                   help="score each scene against the data's slot order only (see `cobl train --help`)")
     p.add_argument("--eval-scenes", type=int, default=DEFAULTS["eval_scenes"], help="scenes per evaluation")
     p.add_argument("--sampling-steps", type=int, default=DEFAULTS["sampling_steps"], help="sampler steps")
     p.add_argument("--guidance-scale", type=float, default=DEFAULTS["guidance_scale"])
@@ -105,12 +111,16 @@ class Stages:
 
 
 def write_model_config(out: Path, args: argparse.Namespace) -> Path:
-    """The tiny variant the sweep chose (docs/demo.md): a coarser pixel codec and the photo skip."""
-    from cobl.configs import tiny_config
+    """The tiny variant the sweep chose (docs/demo.md): a coarser pixel codec, the photo skip and the depth
+    condition."""
+    from cobl.configs import sd_config, tiny_config
 
-    config = tiny_config(num_objects=args.num_objects, resolution=args.res).replace(
-        space_to_depth_factor=args.codec_factor, photo_skip=True
-    )
+    if args.gpu_scale:  # the paper's design: frozen SD, conditioned on the photo and depth
+        config = sd_config(args.num_objects, args.res).replace(depth_condition=args.depth)
+    else:
+        config = tiny_config(num_objects=args.num_objects, resolution=args.res).replace(
+            space_to_depth_factor=args.codec_factor, photo_skip=True, depth_condition=args.depth
+        )
     path = out / "model_config.json"
     write_text_atomic(path, config.to_json())
     return path
@@ -155,15 +165,16 @@ def run_demo(args: argparse.Namespace) -> int:
             {
                 k: getattr(args, k)
                 for k in ("num_objects", "steps", "batch_size", "lr", "res", "seed", "object_weight",
-                          "codec_factor")
+                          "codec_factor", "depth", "slot_matching")
             },
             [[
                 "train", "--data", str(data / "shards" / "train-*.tar"), "--out", str(run),
-                "--config", "sd" if args.gpu_scale else str(model_config),
+                "--config", str(model_config),
                 "--num-objects", str(args.num_objects), "--object-weight", str(args.object_weight),
                 "--resolution", str(args.res), "--max-steps", str(args.steps),
                 "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed),
                 "--checkpoint-every", str(max(100, args.steps // 10)),
+                *(["--slot-matching"] if args.slot_matching else []),
                 *(["--resume", "latest"] if any((run / "checkpoints").glob("step-*")) else []),
                 *(["--pretrained", args.pretrained, "--mixed-precision", "bf16"] if args.gpu_scale else []),
             ]],

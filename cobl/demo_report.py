@@ -56,8 +56,8 @@ def predictions_figure(args: argparse.Namespace, path: Path) -> list[str]:
     rows, keys = [], []
     data = str(args.out / "data" / "shards" / "test-*.tar")
     for s in itertools.islice(iter(make_dataset(data, pipe.num_objects, pipe.resolution, shuffle=False,
-                                                epochs=1)), FIGURE_SCENES):
-        result = decompose(pipe, s["photo"], num_inference_steps=args.sampling_steps,
+                                                epochs=1, depth=pipe.uses_depth)), FIGURE_SCENES):
+        result = decompose(pipe, s["photo"], s["depth"], num_inference_steps=args.sampling_steps,
                            guidance_scale=args.guidance_scale, seed=sample_seed(s["key"], args.seed) % 2**63)
         true = [to_uint8(layer) for layer in s["layers"][: s["num_objects"]]]
         pred = [to_uint8(layer) for layer in result.layers]
@@ -107,8 +107,11 @@ def build_report(out: Path, args: argparse.Namespace, stage_seconds: dict[str, f
         f"dataset: {totals['samples']} scenes in {totals['shards']} shards, {totals['bytes'] / 1e6:.1f} MB ("
         + ", ".join(f"{split} {v['samples']}" for split, v in sorted(totals["splits"].items()))
         + f"); seed {args.seed}, {args.res}², {args.samples} spp, objects {args.objects}",
-        f"training: {args.steps} steps, batch {args.batch_size}, lr {args.lr}, K={args.num_objects}; "
+        f"training: {args.steps} steps, batch {args.batch_size}, lr {args.lr}, K={args.num_objects}, "
+        f"object weight {args.object_weight}, slot matching {'on' if args.slot_matching else 'off'}; "
         f"smoothed loss {first:.4f} -> {last:.4f}",
+        "condition: the photo and the renderer's depth (relative inverse depth, cobl.depth)" if args.depth
+        else "condition: the photo alone",
         f"sampling: {args.sampling_steps} DDIM steps, composite guidance scale {args.guidance_scale}",
         f"evaluated: {test['num_scenes']} held-out test scenes, {train['num_scenes']} training scenes",
         "stage seconds: " + ", ".join(f"{k} {v}" for k, v in stage_seconds.items() if v is not None),

@@ -41,7 +41,10 @@ def clean_unet_config(config: Any) -> dict[str, Any]:
 
 
 class CObLModel(ModelMixin, ConfigMixin):
-    """``forward(noisy_latents [B,S,C,h,w], timesteps [B], photo_latents [B,Cp,h,w]) -> [B,S,C,h,w]``."""
+    """``forward(noisy_latents [B,S,C,h,w], timesteps [B], photo_latents [B,Cp(+Cd),h,w]) -> [B,S,C,h,w]``.
+
+    ``photo_latents`` is the condition of ``cobl.codec.encode_condition``: with ``depth_channels`` > 0 the
+    depth latent follows the photo latent on the channel axis."""
 
     config_name = "config.json"
     _supports_gradient_checkpointing = True
@@ -58,6 +61,7 @@ class CObLModel(ModelMixin, ConfigMixin):
         full_attention_max_tokens: int = 1024,
         train_base: bool = False,
         photo_skip: bool = False,
+        depth_channels: int = 0,
     ):
         super().__init__()
         self.unet = UNet2DConditionModel.from_config(unet_config)
@@ -77,7 +81,9 @@ class CObLModel(ModelMixin, ConfigMixin):
         # whole UNet must learn; with a lossless pixel codec that is most of the background slot and the
         # visible part of every object.
         if photo_skip:
-            self.photo_skip_weight = nn.Parameter(torch.zeros(num_slots, slot_channels, photo_channels))
+            self.photo_skip_weight = nn.Parameter(
+                torch.zeros(num_slots, slot_channels, photo_channels + depth_channels)
+            )
             self.photo_skip_bias = nn.Parameter(torch.zeros(num_slots, slot_channels))
         self.set_trainable()
 
@@ -87,7 +93,7 @@ class CObLModel(ModelMixin, ConfigMixin):
         cfg = self.config
         c0 = base_in.in_channels
         conv_in = nn.Conv2d(
-            cfg.slot_channels + cfg.photo_channels,
+            cfg.slot_channels + self.condition_channels,
             base_in.out_channels,
             kernel_size=base_in.kernel_size,
             padding=base_in.padding,
@@ -122,6 +128,7 @@ class CObLModel(ModelMixin, ConfigMixin):
         train_base: bool = False,
         null_cond_init: torch.Tensor | None = None,
         photo_skip: bool = False,
+        depth_channels: int = 0,
     ) -> CObLModel:
         """Build CObL around a (pretrained) base UNet; ``unet`` itself is left untouched."""
         model = cls(
@@ -134,6 +141,7 @@ class CObLModel(ModelMixin, ConfigMixin):
             full_attention_max_tokens=full_attention_max_tokens,
             train_base=train_base,
             photo_skip=photo_skip,
+            depth_channels=depth_channels,
         )
         base_state = {
             k: v for k, v in unet.state_dict().items() if not k.startswith(("conv_in.", "conv_out."))
@@ -187,6 +195,15 @@ class CObLModel(ModelMixin, ConfigMixin):
         return self.config.num_slots
 
     @property
+    def condition_channels(self) -> int:
+        """Channels of the condition the model takes: the photo latent, then the depth latent if any."""
+        return self.config.photo_channels + self.config.depth_channels
+
+    @property
+    def uses_depth(self) -> bool:
+        return self.config.depth_channels > 0
+
+    @property
     def base_in_channels(self) -> int:
         return self.unet.config.in_channels
 
@@ -199,6 +216,12 @@ class CObLModel(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"noisy_latents: expected [B, {self.config.num_slots}, {self.config.slot_channels}, h, w], "
                 f"got {list(noisy_latents.shape)}"
+            )
+        if photo_latents.shape[1] != self.condition_channels:
+            what = "photo + depth" if self.uses_depth else "photo"
+            raise ValueError(
+                f"photo_latents: expected {self.condition_channels} channels ({what} condition), "
+                f"got {photo_latents.shape[1]}"
             )
         photo = photo_latents.to(noisy_latents.dtype)[:, None].expand(b, s, *photo_latents.shape[1:])
         x = torch.cat([noisy_latents, photo], dim=2).reshape(b * s, c + photo_latents.shape[1], h, w)

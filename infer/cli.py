@@ -70,6 +70,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("infer", help="decompose photos into object layers with a trained CObL model")
     _add_sampling_options(p)
     p.add_argument("--image", required=True, help="a photo, or a folder of photos")
+    p.add_argument(
+        "--depth",
+        default=None,
+        help="depth map(s) for a depth-conditioned model: a file for one photo, or a folder holding "
+        "<photo stem>.npy|.png per photo (.npy: metres, 0 = unknown; image: relative inverse depth, "
+        "brighter = nearer, e.g. from Depth Anything)",
+    )
     p.add_argument("--out", default="cobl_layers", help="output folder (one subfolder per photo)")
     p.add_argument("--overwrite", action="store_true", help="redo photos whose output folder exists")
     p.set_defaults(func=run_infer)
@@ -130,6 +137,7 @@ def run_infer(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from cobl.depth import load_depth_file
     from cobl.layers import composite
     from infer import io
     from infer.metrics import psnr
@@ -144,6 +152,9 @@ def run_infer(args: argparse.Namespace) -> int:
     if out_root.exists() and not out_root.is_dir():
         raise UserError(f"--out {out_root}: exists and is not a folder")
     pipe = _load(args)
+    depths = _depth_files(args.depth, photos) if pipe.uses_depth or args.depth else None
+    if pipe.uses_depth and depths is None:
+        raise UserError(f"--depth: the model {args.model} is depth-conditioned; give a depth map per photo")
     sampling = _sampling(args)
     settings = {**sampling, "sampler": args.sampler, "seed": args.seed}
     todo = [
@@ -154,11 +165,15 @@ def run_infer(args: argparse.Namespace) -> int:
     bar = tqdm(todo, desc="infer", unit="photo", disable=len(todo) < 2)
     for path, name in bar:
         photo = io.load_photo(path)
+        depth = None
+        if depths is not None:
+            depth = io.resize_to(load_depth_file(depths[path])[None], *photo.shape[-2:])
         start = time.perf_counter()
-        result = decompose(pipe, photo, seed=args.seed, **sampling)
+        result = decompose(pipe, photo, depth, seed=args.seed, **sampling)
         seconds = time.perf_counter() - start
         info = {
             "photo": str(path),
+            "depth": None if depths is None else str(depths[path]),
             "size": [int(photo.shape[-2]), int(photo.shape[-1])],
             "model": str(args.model),
             "model_resolution": pipe.resolution,
@@ -182,6 +197,34 @@ def run_infer(args: argparse.Namespace) -> int:
     note = f" ({skipped} already done, kept)" if skipped else ""
     print(f"cobl infer: wrote {len(todo)} result folder(s) under {out_root}{note}")
     return 0
+
+
+def _depth_files(depth: str | None, photos: list[Path]) -> dict[Path, Path] | None:
+    """Photo -> its depth file, every one checked to load; None without ``--depth``."""
+    from cobl.depth import IMAGE_SUFFIXES, load_depth_file
+
+    if depth is None:
+        return None
+    root = Path(depth)
+    if root.is_dir():
+        found = {}
+        for photo in photos:
+            candidates = [root / f"{photo.stem}{suffix}" for suffix in (".npy", *IMAGE_SUFFIXES)]
+            match = next((c for c in candidates if c.is_file()), None)
+            if match is None:
+                raise UserError(
+                    f"--depth {root}: no depth map for {photo.name} (expected {photo.stem}.npy or .png)"
+                )
+            found[photo] = match
+    elif root.is_file():
+        if len(photos) != 1:
+            raise UserError(f"--depth {root}: one file given for {len(photos)} photos; give a folder")
+        found = {photos[0]: root}
+    else:
+        raise UserError(f"--depth {root}: no such file or folder")
+    for path in found.values():
+        load_depth_file(path)  # a one-line error before anything is written
+    return found
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -36,7 +36,9 @@ def evaluate(
     (``num_inference_steps``, ``guidance_scale``, ``min_area``, ...)."""
     from cobl.data import make_dataset, sample_seed
 
-    dataset = make_dataset(data, pipe.num_objects, pipe.resolution, shuffle=False, epochs=1)
+    dataset = make_dataset(
+        data, pipe.num_objects, pipe.resolution, shuffle=False, epochs=1, depth=pipe.uses_depth
+    )
     scenes: list[dict[str, Any]] = []
     seconds = {MODEL: 0.0, UNGUIDED: 0.0}
     stream = itertools.islice(iter(dataset), limit) if limit is not None else iter(dataset)
@@ -49,7 +51,9 @@ def evaluate(
             runs.append((UNGUIDED, 0.0))
         for name, scale in runs:
             start = time.perf_counter()
-            result = decompose(pipe, photo, seed=scene_seed, **{**sampling, "guidance_scale": scale})
+            result = decompose(
+                pipe, photo, sample["depth"], seed=scene_seed, **{**sampling, "guidance_scale": scale}
+            )
             seconds[name] += time.perf_counter() - start
             entry[name] = evaluate_scene(result.layers, result.background, true_layers, photo)
             entry[name]["slots"] = result.slots

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from cobl.layers import ALPHA_CHANNEL, composite
+from cobl.parametrization import per_sample
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 SCHEDULES = ("constant", "linear", "late")
 MODES = ("x0", "latents", "both")
 MAX_EXHAUSTIVE_SLOTS = 6  # 720 orderings; above this the search is skipped (documented in the CLI help)
@@ -102,42 +102,6 @@ class GuidanceConfig:
         return progress**2
 
 
-def _bcast(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return value.to(like.device, like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
-
-
-def predict_x0(
-    model_output: torch.Tensor, sample: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
-) -> torch.Tensor:
-    """The clean-latent prediction implied by a denoiser output of the scheduler's ``prediction_type``."""
-    a, s = _bcast(alpha_bar.sqrt(), sample), _bcast((1 - alpha_bar).sqrt(), sample)
-    if prediction_type == "sample":
-        return model_output
-    if prediction_type == "epsilon":
-        return (sample - s * model_output) / a
-    if prediction_type == "v_prediction":
-        return a * sample - s * model_output
-    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-
-
-def output_from_x0(
-    x0: torch.Tensor, sample: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
-) -> torch.Tensor:
-    """The denoiser output (of ``prediction_type``) that implies clean prediction ``x0`` at ``sample``.
-
-    Inverse of ``predict_x0`` for fixed ``sample``, so a scheduler step driven by it moves toward ``x0``.
-    """
-    a, s = _bcast(alpha_bar.sqrt(), sample), _bcast((1 - alpha_bar).sqrt(), sample)
-    if prediction_type == "sample":
-        return x0
-    eps = (sample - a * x0) / s
-    if prediction_type == "epsilon":
-        return eps
-    if prediction_type == "v_prediction":
-        return a * eps - s * x0
-    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-
-
 def recomposition_error(
     layers: torch.Tensor, background: torch.Tensor, photo: torch.Tensor, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -166,7 +130,7 @@ def normalised_step(grad: torch.Tensor, error: torch.Tensor, size: float) -> tor
     rms_grad = grad.flatten(1).pow(2).mean(1).sqrt()
     scale = size * error.detach().clamp_min(0).sqrt() / rms_grad.clamp_min(1e-12)
     scale = torch.where(rms_grad > 0, scale, torch.zeros_like(scale))
-    return -_bcast(scale, grad) * grad
+    return -per_sample(scale, grad) * grad
 
 
 def guide_x0(
@@ -244,13 +208,3 @@ def _shrink(size: int, *images: torch.Tensor | None) -> list[torch.Tensor | None
         small = F.interpolate(flat, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
         out.append(small.reshape(*image.shape[:-2], *small.shape[-2:]))
     return out
-
-
-def permute_slots(latents: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """Reorder the object slots of ``latents [B, S, ...]`` by ``perm [B, K]`` (K = S - 1; the background slot,
-    the last, stays put)."""
-    b, s = latents.shape[:2]
-    tail = torch.arange(perm.shape[1], s, dtype=perm.dtype, device=perm.device).expand(b, -1)
-    full = torch.cat([perm, tail], 1)
-    index = full.reshape(b, s, *([1] * (latents.dim() - 2))).expand_as(latents)
-    return torch.gather(latents, 1, index.to(latents.device))

@@ -93,7 +93,7 @@ class Letterbox:
     def fit(self, image: torch.Tensor) -> torch.Tensor:
         """``[..., C, H, W]`` at the photo's size -> ``[..., C, R, R]`` (resize, edge-padded)."""
         top, left, ch, cw = self.content
-        x = _resize(image, ch, cw)
+        x = resize_to(image, ch, cw)
         r = self.resolution
         lead = x.shape[:-3]
         x = x.reshape(-1, *x.shape[-3:])
@@ -110,10 +110,11 @@ class Letterbox:
     def unfit(self, image: torch.Tensor) -> torch.Tensor:
         """``[..., C, R, R]`` -> ``[..., C, H, W]``: crop the padding, resize to the photo's size."""
         top, left, ch, cw = self.content
-        return _resize(image[..., top : top + ch, left : left + cw], self.height, self.width).clamp(0, 1)
+        return resize_to(image[..., top : top + ch, left : left + cw], self.height, self.width).clamp(0, 1)
 
 
-def _resize(image: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def resize_to(image: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``[..., C, H, W]`` -> ``[..., C, h, w]`` (bilinear, antialiased; unchanged when already that size)."""
     if tuple(image.shape[-2:]) == (h, w):
         return image
     lead = image.shape[:-3]

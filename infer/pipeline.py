@@ -24,19 +24,18 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from cobl.bundle import BUNDLE_FILE, load_bundle
-from cobl.codec import SpaceToDepthCodec, VAECodec
+from cobl.codec import SpaceToDepthCodec, VAECodec, encode_condition
 from cobl.errors import UserError
 from cobl.layers import ALPHA_CHANNEL, visible_weights
 from cobl.model import CObLModel
+from cobl.parametrization import output_from_x0, predict_x0
+from cobl.slots import permute_slots
 from infer.guidance import (
     GuidanceConfig,
     best_slot_order,
     decoded_error,
     guide_x0,
     normalised_step,
-    output_from_x0,
-    permute_slots,
-    predict_x0,
 )
 from infer.io import Letterbox
 
@@ -94,6 +93,11 @@ class CObLPipeline(DiffusionPipeline):
         return self.unet.config.num_slots - 1
 
     @property
+    def uses_depth(self) -> bool:
+        """Whether the model takes a depth map with the photo (``cobl.depth``)."""
+        return self.unet.uses_depth
+
+    @property
     def resolution(self) -> int:
         """Square input size: the UNet's sample size times the codec's downsampling."""
         sample = self.unet.unet.config.sample_size
@@ -124,6 +128,7 @@ class CObLPipeline(DiffusionPipeline):
     def __call__(
         self,
         photo: torch.Tensor,
+        depth: torch.Tensor | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 1.0,
         generator: torch.Generator | None = None,
@@ -138,6 +143,9 @@ class CObLPipeline(DiffusionPipeline):
         return_dict: bool = True,
     ) -> CObLPipelineOutput | tuple:
         """Sample the layers of ``photo [B, 3, R, R]`` (values in [0, 1], R = ``self.resolution``).
+
+        ``depth [B, 1, R, R]`` (relative disparity, ``cobl.depth``) is required by a depth-conditioned model
+        (``self.uses_depth``) and ignored otherwise.
 
         ``guidance_scale`` 0 turns composite guidance off; ``valid_mask [B or 1, 1, R, R]`` excludes padding
         from the guidance loss; ``guidance_start`` skips guidance (and its cost) in the first part of the
@@ -157,7 +165,12 @@ class CObLPipeline(DiffusionPipeline):
             raise ValueError(f"photo: expected [B, 3, H, W], got {list(photo.shape)}")
         valid = None if valid_mask is None else valid_mask.to(device, dtype)
         b = photo.shape[0]
-        photo_latents = self.codec.encode_photo(photo)
+        if self.uses_depth and depth is None:
+            raise UserError(
+                "this model is depth-conditioned: give a depth map of the photo (cobl infer --depth FILE)"
+            )
+        depth = depth.to(device, dtype) if self.uses_depth else None
+        photo_latents = encode_condition(self.codec, photo, depth)
         shape = (b, self.unet.config.num_slots, self.unet.config.slot_channels, *photo_latents.shape[-2:])
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
@@ -261,6 +274,7 @@ def kept_stack(
 def decompose(
     pipe: CObLPipeline,
     photo: torch.Tensor,
+    depth: torch.Tensor | None = None,
     *,
     num_inference_steps: int = 50,
     guidance_scale: float = 1.0,
@@ -269,12 +283,13 @@ def decompose(
     min_visible: float = MIN_VISIBLE,
     **kwargs: Any,
 ) -> Decomposition:
-    """Layers of one photo ``[3, H, W]`` of any size: letterbox to the model, sample, map back, keep the
-    objects."""
+    """Layers of one photo ``[3, H, W]`` (and its relative depth ``[1, H, W]`` for a depth-conditioned
+    model) of any size: letterbox to the model, sample, map back, keep the objects."""
     box = Letterbox(int(photo.shape[-2]), int(photo.shape[-1]), pipe.resolution)
     generator = torch.Generator().manual_seed(seed)
     out = pipe(
         box.fit(photo)[None],
+        None if depth is None else box.fit(depth)[None],
         num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale,
         generator=generator,

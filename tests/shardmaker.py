@@ -50,6 +50,17 @@ def make_scene(rng: np.random.Generator, size: int, num_objects: int) -> dict[st
     return {"layers": layers, "background": background, "photo": photo, "ids": ids}
 
 
+def scene_depth(ids: np.ndarray, num_objects: int) -> np.ndarray:
+    """A depth map in metres consistent with the layer order: a table receding from 2 m (bottom row) to
+    3 m (top row), and object k (front first) standing at 1 + 0.1 k m wherever it is visible."""
+    h, w = ids.shape
+    table = np.linspace(3.0, 2.0, h, dtype=np.float32)[:, None].repeat(w, 1)
+    objects = 1.0 + 0.1 * np.arange(num_objects, dtype=np.float32)
+    ids = np.asarray(ids, np.int64)
+    nearest = objects[np.clip(ids - 1, 0, None)] if num_objects else table
+    return np.where(ids > 0, nearest, table).astype(np.float32)
+
+
 def scene_members(scene: dict[str, np.ndarray], max_layers: int, key: str) -> dict[str, bytes]:
     """The schema members of one scene (``max_layers`` layer PNGs, the unused ones fully transparent)."""
     u8 = lambda x: np.clip(np.round(x * 255), 0, 255).astype(np.uint8)  # noqa: E731
@@ -61,7 +72,7 @@ def scene_members(scene: dict[str, np.ndarray], max_layers: int, key: str) -> di
         schema.SCENE: json.dumps({"scene_id": key, "num_objects": n}).encode(),
     }
     depth = io.BytesIO()
-    np.save(depth, np.zeros((h, w), np.float32))
+    np.save(depth, scene_depth(scene["ids"], n))
     files[schema.DEPTH] = depth.getvalue()
     for k in range(max_layers):
         rgba = scene["layers"][k] if k < n else np.zeros((4, h, w), np.float32)

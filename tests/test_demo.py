@@ -40,6 +40,9 @@ def test_every_artifact_exists_and_parses(demo_out):
     assert (demo_out / "data" / "README.md").read_text().startswith("#")
     assert (demo_out / "data" / "gallery" / "index.html").is_file()
     assert (demo_out / "run" / "final" / "cobl.json").is_file()
+    # The default model is conditioned on the photo and the renderer's depth (cobl.depth).
+    assert json.loads((demo_out / "model_config.json").read_text())["depth_condition"] is True
+    assert "the photo and the renderer" in (demo_out / "report.html").read_text()
     lines = (demo_out / "run" / "metrics.jsonl").read_text().splitlines()
     losses = [json.loads(line)["loss"] for line in lines]
     assert losses and all(loss > 0 for loss in losses)

@@ -9,15 +9,14 @@ from cobl.bundle import build
 from cobl.codec import SpaceToDepthCodec
 from cobl.configs import tiny_config
 from cobl.layers import composite
+from cobl.parametrization import output_from_x0, predict_x0
+from cobl.slots import permute_slots
 from infer.guidance import (
     GuidanceConfig,
     best_slot_order,
     decoded_error,
     guide_x0,
     normalised_step,
-    output_from_x0,
-    permute_slots,
-    predict_x0,
 )
 from infer.pipeline import CObLPipeline
 from tests.shardmaker import make_scene

@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 from cobl.bundle import build, load_bundle, save_bundle
-from cobl.codec import SpaceToDepthCodec, VAECodec
+from cobl.codec import SpaceToDepthCodec, VAECodec, encode_condition
 from cobl.configs import get_config, sd_config, tiny_config
 from cobl.cross_slot import CrossSlotAttention
 from cobl.errors import UserError
@@ -235,3 +235,24 @@ def test_train_vae_saves_a_loadable_vae_with_its_psnr(tmp_path):
     assert isinstance(codec, VAECodec) and codec.downsample == 4 and model.config.slot_channels == 8
     lat = codec.encode_layers(torch.rand(1, 2, 4, 32, 32), torch.rand(1, 3, 32, 32))
     assert model(lat, torch.tensor([5]), codec.encode_photo(torch.rand(1, 3, 32, 32))).shape == lat.shape
+
+
+def test_sd_config_with_depth_takes_a_vae_encoded_depth_and_still_starts_as_the_frozen_unet(tmp_path):
+    _write_sd_folder(tmp_path / "sd")
+    config = sd_config(num_objects=2, resolution=32).replace(
+        null_cond_tokens=3, cross_slot_head_dim=16, depth_condition=True
+    )
+    model, codec, _ = build(config, pretrained=tmp_path / "sd")
+    assert model.condition_channels == 2 * codec.vae_channels  # photo latent + depth latent
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "sd" / "unet")
+    layers, bg, photo = torch.rand(1, 2, 4, 32, 32), torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    depth = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        lat = codec.encode_layers(layers, bg)
+        cond = encode_condition(codec, photo, depth)
+        assert cond.shape == (1, 8, 16, 16)
+        out = model(lat, torch.tensor([300]), cond)
+        ref = unet(lat[:, 0, :4], torch.tensor([300]), encoder_hidden_states=model.null_encoder_hidden_states)
+        torch.testing.assert_close(out[:, 0, :4], ref.sample, atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="photo \\+ depth"):
+            model(lat, torch.tensor([300]), codec.encode_photo(photo))

@@ -15,6 +15,7 @@ same loss trajectory as an uninterrupted one.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -128,6 +129,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
         shuffle_buffer=opts.shuffle_buffer,
         skip=skip,
         ids=False,  # the loss never reads the instance map: one PNG fewer per sample
+        depth=config.depth_condition,
     )
     loader_iter = iter(make_loader(dataset, num_workers=opts.num_workers))
     batch_iter = batches(loader_iter, opts.batch_size)
@@ -170,6 +172,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
                         opts.snr_gamma,
                         opts.cond_dropout,
                         opts.object_weight,
+                        opts.slot_matching,
                     )
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and opts.max_grad_norm > 0:
@@ -269,18 +272,17 @@ def _writer(out: Path):
     return SummaryWriter(str(out / "logs"))
 
 
-def _validation_photos(urls: list[str], config, opts: TrainOptions) -> torch.Tensor | None:
+def _validation_photos(urls: list[str], config, opts: TrainOptions) -> dict[str, torch.Tensor | None] | None:
+    """The first few photos (and depths, for a depth-conditioned model) of the training shards."""
     if not opts.validate_every:
         return None
-    from cobl.data import make_dataset
+    from cobl.data import collate, make_dataset
 
-    ds = make_dataset(urls, config.num_objects, config.resolution, shuffle=False, epochs=1)
-    photos = []
-    for sample in ds:
-        photos.append(sample["photo"])
-        if len(photos) >= opts.num_validation:
-            break
-    return torch.stack(photos) if photos else None
+    ds = make_dataset(
+        urls, config.num_objects, config.resolution, shuffle=False, epochs=1, depth=config.depth_condition
+    )
+    samples = list(itertools.islice(iter(ds), opts.num_validation))
+    return collate(samples) if samples else None
 
 
 def _log_validation(model, codec, noise_scheduler, photos, writer, step, opts, ema) -> None:
@@ -298,14 +300,15 @@ def _log_validation(model, codec, noise_scheduler, photos, writer, step, opts, e
             model,
             codec,
             noise_scheduler.config,
-            photos.to(device),
+            photos["photo"].to(device),
+            depth=None if photos["depth"] is None else photos["depth"].to(device),
             steps=opts.validation_steps,
             seed=opts.seed,
         )
     finally:
         if ema is not None:
             ema.restore(model.trainable_parameters())
-    grid = layer_grid(photos.to(device), layers.float(), background.float())
+    grid = layer_grid(photos["photo"].to(device), layers.float(), background.float())
     writer.add_image("validation/photo|layers|background|recomposition", grid.cpu(), step)
 
 

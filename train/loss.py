@@ -11,7 +11,11 @@ from typing import Any
 
 import torch
 
+from cobl.codec import encode_condition
 from cobl.data import sample_seed
+from cobl.errors import UserError
+from cobl.parametrization import output_from_x0, predict_x0
+from cobl.slots import interchangeable_orders, permute_slots
 
 
 def per_sample_noise(
@@ -42,18 +46,35 @@ def diffusion_loss(
     snr_gamma: float | None = None,
     cond_dropout: float = 0.0,
     object_weight: float = 0.0,
+    slot_matching: bool = False,
 ) -> torch.Tensor:
     """Mean over scenes of the (optionally min-SNR weighted) MSE over all slots, channels and pixels.
 
     ``object_weight`` W > 0 weighs latent pixels under any object (the union of the amodal alphas, pooled to
     the latent grid) by 1 + W: objects cover a few per cent of a tabletop photo, so a plain mean is dominated
     by empty slots and the background and the layers are learnt last.
+
+    ``slot_matching`` compares the prediction with the closest of the target's interchangeable slot orders
+    (``cobl.slots``: objects whose layers do not overlap composite the same in any order), as permutation-
+    invariant training does in source separation. The data orders such objects by a depth tie-break the photo
+    barely shows; forced to guess it, a small model averages the candidates and merges visible objects into
+    one slot. The order is chosen on the implied clean latents (no gradient), and the target is re-derived
+    from the chosen clean latents and the same noisy input, so it stays consistent with what the model saw:
+    at low noise only the data's own order explains the input, at high noise any interchangeable one does.
     """
     device = batch["photo"].device
     with torch.no_grad():
         codec_dtype = next(iter(codec.parameters()), torch.empty(0)).dtype
         latents = codec.encode_layers(batch["layers"].to(codec_dtype), batch["background"].to(codec_dtype))
-        photo_latents = codec.encode_photo(batch["photo"].to(codec_dtype))
+        depth = batch.get("depth") if _uses_depth(model) else None
+        if _uses_depth(model) and depth is None:
+            raise UserError(
+                "the model is depth-conditioned (config depth_condition) but the batch has no depth: "
+                "the shard samples need depth.npy"
+            )
+        photo_latents = encode_condition(
+            codec, batch["photo"].to(codec_dtype), None if depth is None else depth.to(codec_dtype)
+        )
     latents, photo_latents = latents.float(), photo_latents.float()
     noise, timesteps, drop = per_sample_noise(
         batch["key"], step, seed, tuple(latents.shape[1:]), scheduler.config.num_train_timesteps, cond_dropout
@@ -62,7 +83,23 @@ def diffusion_loss(
     photo_latents = torch.where(drop[:, None, None, None], torch.zeros_like(photo_latents), photo_latents)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     prediction_type = scheduler.config.prediction_type
-    if prediction_type == "epsilon":
+    pred = model(noisy, timesteps, photo_latents)
+    if object_weight > 0:
+        union = batch["layers"][:, :, 3].amax(dim=1, keepdim=True).float().to(device)  # [B, 1, H, W]
+        union = torch.nn.functional.adaptive_avg_pool2d(union, latents.shape[-2:])[:, :, None]
+        weight = 1 + object_weight * union  # [B, 1, 1, h, w], broadcast over slots and channels
+    else:
+        weight = torch.ones(1, 1, 1, 1, 1, device=device)
+    if slot_matching:
+        alpha_bar = scheduler.alphas_cumprod.to(device)[timesteps]
+        latents = matched_latents(
+            predict_x0(pred.detach().float(), noisy, alpha_bar, prediction_type),
+            latents,
+            interchangeable_orders(batch["layers"]),
+            weight,
+        )
+        target = output_from_x0(latents, noisy, alpha_bar, prediction_type)
+    elif prediction_type == "epsilon":
         target = noise
     elif prediction_type == "sample":
         target = latents
@@ -70,15 +107,9 @@ def diffusion_loss(
         target = scheduler.get_velocity(latents, noise, timesteps)
     else:
         raise ValueError(f"unknown prediction type {prediction_type}")
-    pred = model(noisy, timesteps, photo_latents)
     squared = (pred.float() - target.float()) ** 2
-    if object_weight > 0:
-        union = batch["layers"][:, :, 3].amax(dim=1, keepdim=True).float().to(device)  # [B, 1, H, W]
-        union = torch.nn.functional.adaptive_avg_pool2d(union, squared.shape[-2:])[:, :, None]
-        weight = 1 + object_weight * union  # [B, 1, 1, h, w], broadcast over slots and channels
-        per_scene = (squared * weight).mean(dim=tuple(range(1, pred.ndim))) / weight.mean(dim=(1, 2, 3, 4))
-    else:
-        per_scene = squared.mean(dim=tuple(range(1, pred.ndim)))
+    dims = tuple(range(1, pred.ndim))
+    per_scene = (squared * weight).mean(dim=dims) / weight.mean(dim=dims)
     if snr_gamma:
         from diffusers.training_utils import compute_snr
 
@@ -87,3 +118,29 @@ def diffusion_loss(
         weight = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}
         per_scene = per_scene * weight[prediction_type]
     return per_scene.mean()
+
+
+def matched_latents(
+    x0_pred: torch.Tensor,
+    latents: torch.Tensor,
+    orders: list[list[tuple[int, ...]]],
+    weight: torch.Tensor,
+) -> torch.Tensor:
+    """``latents [B, S, ...]`` with each sample's object slots put in the order (of ``orders``) closest to
+    ``x0_pred`` in ``weight``-ed squared error; the first order (the identity) wins ties."""
+    chosen = []
+    for i, candidates in enumerate(orders):
+        if len(candidates) == 1:
+            chosen.append(candidates[0])
+            continue
+        perms = torch.tensor(candidates, dtype=torch.long, device=latents.device)
+        options = permute_slots(latents[i : i + 1].expand(len(candidates), *latents.shape[1:]), perms)
+        w = weight[i : i + 1] if weight.shape[0] > 1 else weight
+        errors = (((options - x0_pred[i : i + 1]) ** 2) * w).flatten(1).mean(1)
+        chosen.append(candidates[int(torch.argmin(errors))])
+    return permute_slots(latents, torch.tensor(chosen, dtype=torch.long, device=latents.device))
+
+
+def _uses_depth(model: Any) -> bool:
+    """Whether the (possibly DDP-wrapped) CObL model takes a depth condition."""
+    return bool(getattr(getattr(model, "module", model), "uses_depth", False))

@@ -31,6 +31,7 @@ class TrainOptions:
     ema_decay: float = 0.999
     snr_gamma: float | None = None
     object_weight: float = 0.0
+    slot_matching: bool = False
     cond_dropout: float = 0.0
     checkpoint_every: int = 500
     checkpoints_total_limit: int = 3
@@ -60,6 +61,8 @@ HELP = {
     "ema": "keep an EMA of the trained weights; the export uses it",
     "snr_gamma": "min-SNR loss weighting gamma (e.g. 5)",
     "object_weight": "weigh the loss under objects by 1 + W (objects are a few per cent of the pixels)",
+    "slot_matching": "score each scene against its closest interchangeable slot order (objects whose "
+    "layers do not overlap may swap slots) instead of the data's depth tie-break",
     "cond_dropout": "probability of dropping the photo condition (for guidance-free sampling)",
     "checkpoint_every": "save a resumable checkpoint every N optimizer steps",
     "resume": "'latest' or a checkpoint directory",

@@ -9,19 +9,26 @@ from typing import Any
 
 import torch
 
+from cobl.codec import encode_condition
 from cobl.layers import EMPTY_RGB, composite
 
 
 @torch.no_grad()
 def sample_layers(
-    model: Any, codec: Any, scheduler_config: Any, photo: torch.Tensor, steps: int = 10, seed: int = 0
+    model: Any,
+    codec: Any,
+    scheduler_config: Any,
+    photo: torch.Tensor,
+    depth: torch.Tensor | None = None,
+    steps: int = 10,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unguided DDIM sampling: photo [B,3,H,W] -> (layers [B,K,4,H,W], background [B,3,H,W])."""
+    """Unguided DDIM sampling: photo [B,3,H,W] (+ depth [B,1,H,W]) -> (layers [B,K,4,H,W], background)."""
     from diffusers import DDIMScheduler
 
     sched = DDIMScheduler.from_config(scheduler_config)
     sched.set_timesteps(steps)
-    photo_latents = codec.encode_photo(photo)
+    photo_latents = encode_condition(codec, photo, depth)
     b = photo.shape[0]
     h, w = photo_latents.shape[-2:]
     shape = (b, model.config.num_slots, model.config.slot_channels, h, w)

@@ -1,0 +1,133 @@
+"""The depth condition: relative disparity, decoding it from shards, and a depth-conditioned model end to end
+(loss, pipeline, ``cobl infer --depth``, ``cobl eval``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from PIL import Image
+
+import cobl.cli
+from cobl.bundle import build, save_bundle
+from cobl.configs import tiny_config
+from cobl.data import collate, decode_sample
+from cobl.depth import load_depth_file, relative_disparity
+from cobl.errors import UserError
+from infer.pipeline import CObLPipeline, load_pipeline
+from synth import schema
+from tests.shardmaker import make_scene, scene_depth, scene_members, write_shard
+from train.loss import diffusion_loss
+
+torch.set_num_threads(1)
+RES = 32
+
+
+def test_relative_disparity_is_scale_free_nearest_one_and_no_hit_zero():
+    depth = torch.tensor([[1.0, 2.0], [4.0, 0.0]])
+    disparity = relative_disparity(depth)
+    assert disparity[0, 0] == 1 and disparity[1, 0] == 0 and disparity[1, 1] == 0  # nearest, farthest, none
+    assert 0 < disparity[0, 1] < 1
+    assert torch.allclose(relative_disparity(depth * 3.7), disparity)  # metric scale is thrown away
+
+
+def test_depth_files_npy_in_metres_and_images_of_inverse_depth_agree(tmp_path):
+    depth = np.array([[1.0, 2.0], [4.0, 8.0]], np.float32)
+    np.save(tmp_path / "d.npy", depth)
+    inverse = (1 / depth - 1 / 8) / (1 - 1 / 8)
+    Image.fromarray(np.round(inverse * 65535).astype(np.uint16)).save(tmp_path / "d.png")
+    from_npy, from_png = load_depth_file(tmp_path / "d.npy"), load_depth_file(tmp_path / "d.png")
+    assert torch.allclose(from_npy, from_png, atol=1e-4)
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    for bad in ("bad.npy", "d.txt"):
+        with pytest.raises(UserError, match="--depth"):
+            load_depth_file(tmp_path / bad)
+
+
+def _samples(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        members = scene_members(make_scene(rng, RES, 2), 3, f"k{i}")
+        out.append(decode_sample({"__key__": f"k{i}", **members}, 3, RES))
+    return out
+
+
+def test_decoded_depth_puts_objects_nearer_than_the_table():
+    sample = _samples(1)[0]
+    depth, ids = sample["depth"], sample["ids"]
+    assert depth.shape == (1, RES, RES)
+    assert depth[0][ids > 0].min() > depth[0][ids == 0].max()
+    members = scene_members(make_scene(np.random.default_rng(0), RES, 2), 3, "k0")
+    assert decode_sample({"__key__": "k0", **members}, 3, RES, depth=False)["depth"] is None
+
+
+@pytest.fixture(scope="module")
+def depth_parts():
+    torch.manual_seed(0)
+    return build(tiny_config(num_objects=3, resolution=RES).replace(depth_condition=True))
+
+
+def test_depth_model_starts_depth_blind_and_the_loss_reaches_the_depth_weights(depth_parts):
+    model, codec, scheduler = depth_parts
+    assert model.condition_channels == codec.photo_channels + codec.depth_channels
+    batch = collate(_samples(2))
+    first = diffusion_loss(model, codec, scheduler, batch, step=0)
+    flat = dict(batch, depth=torch.zeros_like(batch["depth"]))
+    assert torch.equal(first, diffusion_loss(model, codec, scheduler, flat, step=0))  # zero-initialised
+    first.backward()
+    depth_inputs = slice(model.config.slot_channels + codec.photo_channels, None)
+    assert model.unet.conv_in.weight.grad[:, depth_inputs].abs().sum() > 0
+    model.zero_grad()
+    with pytest.raises(UserError, match="depth"):
+        diffusion_loss(model, codec, scheduler, dict(batch, depth=None), step=0)
+
+
+def test_depth_pipeline_needs_depth_uses_it_and_survives_save_reload(depth_parts, tmp_path):
+    model, codec, scheduler = depth_parts
+    pipe = CObLPipeline.from_parts(model.eval(), DDIMScheduler.from_config(scheduler.config), codec)
+    pipe.set_progress_bar_config(disable=True)
+    sample = _samples(1, seed=3)[0]
+    photo, depth = sample["photo"][None], sample["depth"][None]
+    with pytest.raises(UserError, match="depth"):
+        pipe(photo, num_inference_steps=2)
+    with torch.no_grad():  # give the depth inputs weight, as training does
+        torch.manual_seed(1)
+        model.unet.conv_in.weight[:, -codec.depth_channels :].normal_(0, 0.2)
+
+    def run(p, d):
+        return p(photo, depth=d, num_inference_steps=3, generator=torch.Generator().manual_seed(0)).layers
+
+    near, far = run(pipe, depth), run(pipe, 1 - depth)
+    assert not torch.allclose(near, far, atol=1e-3)
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert torch.equal(run(load_pipeline(tmp_path / "pipe"), depth), near)
+
+
+def test_infer_and_eval_cli_with_a_depth_model(depth_parts, tmp_path, monkeypatch, capsys):
+    model, codec, scheduler = depth_parts
+    config = tiny_config(num_objects=3, resolution=RES).replace(depth_condition=True)
+    save_bundle(tmp_path / "run" / "final", model, codec, scheduler, config, global_step=0)
+    scene = make_scene(np.random.default_rng(4), RES, 2)
+    photo_u8 = np.round(scene["photo"].transpose(1, 2, 0) * 255).astype(np.uint8)
+    Image.fromarray(photo_u8).save(tmp_path / "p.png")
+    np.save(tmp_path / "p.npy", scene_depth(scene["ids"], 2))
+    monkeypatch.setattr(cobl.cli, "COMMAND_MODULES", ("infer.cli",))
+    common = ["--model", str(tmp_path / "run"), "--steps", "2"]
+    no_depth = ["infer", *common, "--image", str(tmp_path / "p.png"), "--out", str(tmp_path / "o1")]
+    assert cobl.cli.main(no_depth) == 2
+    assert "--depth" in capsys.readouterr().err
+    assert not (tmp_path / "o1").exists()
+    argv = ["infer", *common, "--image", str(tmp_path / "p.png"), "--depth", str(tmp_path / "p.npy")]
+    assert cobl.cli.main([*argv, "--out", str(tmp_path / "o2")]) == 0
+    with Image.open(tmp_path / "o2" / "p" / schema.BACKGROUND) as im:
+        assert im.size == (RES, RES)
+    write_shard(tmp_path / "shards" / "test-000000.tar", 2, size=RES, max_objects=3, seed=2)
+    metrics = tmp_path / "m.json"
+    eval_argv = ["eval", *common, "--data", str(tmp_path / "shards" / "test-*.tar"), "--out", str(metrics)]
+    assert cobl.cli.main(eval_argv) == 0
+    import json
+
+    assert json.loads(metrics.read_text())["num_scenes"] == 2
+
