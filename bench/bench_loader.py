@@ -33,7 +33,9 @@ def _raw_rate(urls: list[str]) -> tuple[float, int, int]:
 def _loader_rate(urls: list[str], args: argparse.Namespace, ids: bool) -> tuple[float, int]:
     from cobl.data import batches, make_dataset, make_loader
 
-    ds = make_dataset(urls, args.k, args.resolution, shuffle=True, seed=0, epochs=1, ids=ids)
+    ds = make_dataset(
+        urls, args.k, args.resolution, shuffle=True, seed=0, epochs=1, ids=ids, depth=args.depth
+    )
     n = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -54,6 +56,8 @@ def main() -> None:
     p.add_argument("--scenes", type=int, default=200, help="synthetic scenes when --data is not given")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-depth", dest="depth", action="store_false",
+                   help="skip depth.npy, as the trainer does for a model without the depth condition")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions; medians are printed")
     args = p.parse_args()
 

@@ -55,6 +55,11 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
         {"resolution": 64, "space_to_depth_factor": 8, "photo_skip": True, "depth_condition": True},
         {"batch-size": 8, "lr": 2e-3, "object-weight": 10, "slot-matching": True},
     ),
+    "64px-f8-skip-ow10-depth-match-ema": (
+        {"resolution": 64, "space_to_depth_factor": 8, "photo_skip": True, "depth_condition": True},
+        {"batch-size": 8, "lr": 1e-3, "object-weight": 10, "slot-matching": True, "ema": True,
+         "ema-decay": 0.995},
+    ),
     # + a UNet twice as wide (block channels 64/128, head dim 16)
     "64px-f8-skip-ow10-depth-match-wide": (
         {"resolution": 64, "space_to_depth_factor": 8, "photo_skip": True, "depth_condition": True,
