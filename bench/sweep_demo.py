@@ -60,6 +60,11 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
         {"batch-size": 8, "lr": 1e-3, "object-weight": 10, "slot-matching": True, "ema": True,
          "ema-decay": 0.995},
     ),
+    # a finer latent grid: 64² through a 4x4 space-to-depth codec (16x16 latents)
+    "64px-f4-skip-ow10-depth-match": (
+        {"resolution": 64, "space_to_depth_factor": 4, "photo_skip": True, "depth_condition": True},
+        {"batch-size": 8, "lr": 1e-3, "object-weight": 10, "slot-matching": True},
+    ),
     # + a UNet twice as wide (block channels 64/128, head dim 16)
     "64px-f8-skip-ow10-depth-match-wide": (
         {"resolution": 64, "space_to_depth_factor": 8, "photo_skip": True, "depth_condition": True,

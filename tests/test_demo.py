@@ -78,3 +78,22 @@ def test_bad_option_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--objects" in err[0]
     assert not (tmp_path / "d").exists()
+
+
+def test_gpu_scale_profile_is_the_sd_config_with_depth_and_needs_pretrained(tmp_path, capsys):
+    import argparse
+
+    from cobl.configs import get_config
+    from cobl.demo import gpu_scale_profile, register, write_model_config
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["demo", "--out", str(tmp_path), "--gpu-scale", "--pretrained", "/models/sd"])
+    gpu_scale_profile(args)
+    config = get_config(str(write_model_config(tmp_path, args)))
+    assert (config.name, config.codec, config.num_objects, config.resolution) == ("sd", "vae", 6, 512)
+    assert config.depth_condition and not config.train_base
+    assert (args.scenes, args.batch_size, args.lr) == (2500, 2, 1e-4)
+    assert main(["demo", "--out", str(tmp_path / "g"), "--gpu-scale"]) == 2
+    assert "--pretrained" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
