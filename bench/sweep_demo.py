@@ -60,6 +60,10 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
         {"batch-size": 8, "lr": 1e-3, "object-weight": 10, "slot-matching": True, "ema": True,
          "ema-decay": 0.995},
     ),
+    "64px-f8-skip-ow10-depth-match-hw20": (
+        {"resolution": 64, "space_to_depth_factor": 8, "photo_skip": True, "depth_condition": True},
+        {"batch-size": 8, "lr": 1e-3, "object-weight": 10, "slot-matching": True, "hidden-weight": 20},
+    ),
     # a finer latent grid: 64² through a 4x4 space-to-depth codec (16x16 latents)
     "64px-f4-skip-ow10-depth-match": (
         {"resolution": 64, "space_to_depth_factor": 4, "photo_skip": True, "depth_condition": True},

@@ -63,3 +63,18 @@ def test_object_weight_is_neutral_without_objects_and_weighs_objects_otherwise()
     plain = diffusion_loss(model, codec, scheduler, full, step=0)
     weighted = diffusion_loss(model, codec, scheduler, full, step=0, object_weight=10)
     assert not torch.allclose(plain, weighted)
+
+
+def test_hidden_weight_is_neutral_when_nothing_is_hidden_and_weighs_hidden_parts_otherwise():
+    from cobl.layers import visible_weights
+
+    model, codec, scheduler = _model(True)
+    single = _batch(1)  # one object per scene: nothing is hidden
+    plain = diffusion_loss(model, codec, scheduler, single, step=0)
+    assert torch.allclose(plain, diffusion_loss(model, codec, scheduler, single, step=0, hidden_weight=20))
+    crowded = _batch(3, seed=1)
+    alphas = crowded["layers"][:, :, 3]
+    assert (alphas - visible_weights(alphas)).sum() > 0  # some object is behind another
+    plain = diffusion_loss(model, codec, scheduler, crowded, step=0)
+    weighted = diffusion_loss(model, codec, scheduler, crowded, step=0, hidden_weight=20)
+    assert not torch.allclose(plain, weighted)

@@ -173,6 +173,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
                         opts.cond_dropout,
                         opts.object_weight,
                         opts.slot_matching,
+                        opts.hidden_weight,
                     )
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and opts.max_grad_norm > 0:

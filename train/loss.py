@@ -14,6 +14,7 @@ import torch
 from cobl.codec import encode_condition
 from cobl.data import sample_seed
 from cobl.errors import UserError
+from cobl.layers import visible_weights
 from cobl.parametrization import output_from_x0, predict_x0
 from cobl.slots import interchangeable_orders, permute_slots
 
@@ -47,12 +48,16 @@ def diffusion_loss(
     cond_dropout: float = 0.0,
     object_weight: float = 0.0,
     slot_matching: bool = False,
+    hidden_weight: float = 0.0,
 ) -> torch.Tensor:
     """Mean over scenes of the (optionally min-SNR weighted) MSE over all slots, channels and pixels.
 
     ``object_weight`` W > 0 weighs latent pixels under any object (the union of the amodal alphas, pooled to
     the latent grid) by 1 + W: objects cover a few per cent of a tabletop photo, so a plain mean is dominated
     by empty slots and the background and the layers are learnt last.
+
+    ``hidden_weight`` W_h > 0 adds W_h under the hidden parts of objects (amodal alpha minus visible weight,
+    ``cobl.layers.visible_weights``, union over slots): the few pixels amodal completion is about.
 
     ``slot_matching`` compares the prediction with the closest of the target's interchangeable slot orders
     (``cobl.slots``: objects whose layers do not overlap composite the same in any order), as permutation-
@@ -84,12 +89,16 @@ def diffusion_loss(
     noisy = scheduler.add_noise(latents, noise, timesteps)
     prediction_type = scheduler.config.prediction_type
     pred = model(noisy, timesteps, photo_latents)
+    weight = torch.ones(1, 1, 1, 1, 1, device=device)
+    alphas = batch["layers"][:, :, 3].float().to(device)  # [B, K, H, W]
     if object_weight > 0:
-        union = batch["layers"][:, :, 3].amax(dim=1, keepdim=True).float().to(device)  # [B, 1, H, W]
+        union = alphas.amax(dim=1, keepdim=True)  # [B, 1, H, W]
         union = torch.nn.functional.adaptive_avg_pool2d(union, latents.shape[-2:])[:, :, None]
-        weight = 1 + object_weight * union  # [B, 1, 1, h, w], broadcast over slots and channels
-    else:
-        weight = torch.ones(1, 1, 1, 1, 1, device=device)
+        weight = weight + object_weight * union  # [B, 1, 1, h, w], broadcast over slots and channels
+    if hidden_weight > 0:
+        hidden = (alphas - visible_weights(alphas)).amax(dim=1, keepdim=True)
+        hidden = torch.nn.functional.adaptive_avg_pool2d(hidden, latents.shape[-2:])[:, :, None]
+        weight = weight + hidden_weight * hidden
     if slot_matching:
         alpha_bar = scheduler.alphas_cumprod.to(device)[timesteps]
         latents = matched_latents(

@@ -32,6 +32,7 @@ class TrainOptions:
     snr_gamma: float | None = None
     object_weight: float = 0.0
     slot_matching: bool = False
+    hidden_weight: float = 0.0
     cond_dropout: float = 0.0
     checkpoint_every: int = 500
     checkpoints_total_limit: int = 3
@@ -63,6 +64,8 @@ HELP = {
     "object_weight": "weigh the loss under objects by 1 + W (objects are a few per cent of the pixels)",
     "slot_matching": "score each scene against its closest interchangeable slot order (objects whose "
     "layers do not overlap may swap slots) instead of the data's depth tie-break",
+    "hidden_weight": "weigh the loss where an object is hidden behind another (its amodal minus visible "
+    "part) by a further + W: the pixels that amodal completion is about",
     "cond_dropout": "probability of dropping the photo condition (for guidance-free sampling)",
     "checkpoint_every": "save a resumable checkpoint every N optimizer steps",
     "resume": "'latest' or a checkpoint directory",
