@@ -38,10 +38,6 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
         {"resolution": 64, "space_to_depth_factor": 8, "photo_skip": True},
         {"batch-size": 8, "lr": 1e-3, "object-weight": 10, "slot-matching": True},
     ),
-    "64px-f8-skip-ow10-match-v": (
-        {"resolution": 64, "space_to_depth_factor": 8, "photo_skip": True, "prediction_type": "v_prediction"},
-        {"batch-size": 8, "lr": 1e-3, "object-weight": 10, "slot-matching": True},
-    ),
     # + the depth condition (cobl.depth): relative inverse depth of the renderer, beside the photo
     "64px-f8-skip-ow10-depth": (
         {"resolution": 64, "space_to_depth_factor": 8, "photo_skip": True, "depth_condition": True},
