@@ -86,7 +86,7 @@ def build(
             num_objects=config.num_objects,
             slot_channels=codec.latent_channels,
             photo_channels=codec.photo_channels,
-            depth_channels=codec.depth_channels if config.depth_condition else 0,
+            depth_channels=_depth_channels(config, codec),
             null_cond_init=_empty_prompt_embedding(path, config.null_cond_tokens),
             **module_options,
         )
@@ -111,10 +111,15 @@ def build(
         num_slots=config.num_slots,
         slot_channels=codec.latent_channels,
         photo_channels=codec.photo_channels,
-        depth_channels=codec.depth_channels if config.depth_condition else 0,
+        depth_channels=_depth_channels(config, codec),
         **module_options,
     )
     return model, codec, make_scheduler(config)
+
+
+def _depth_channels(config: CObLConfig, codec: LayerCodec) -> int:
+    """Condition channels the depth map adds: the codec's depth latent when the config asks for depth."""
+    return codec.depth_channels if config.depth_condition else 0
 
 
 def _empty_prompt_embedding(path: Path, tokens: int):
