@@ -20,26 +20,27 @@ from cobl.errors import UserError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
+def _min_max(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``values [..., H, W]`` scaled per image so its ``valid`` pixels span [0, 1]; invalid pixels -> 0."""
+    flat, ok = values.flatten(-2), valid.flatten(-2)
+    any_ok = ok.any(-1)
+    low = torch.where(any_ok, torch.where(ok, flat, torch.inf).amin(-1), 0.0)[..., None, None]
+    high = torch.where(any_ok, torch.where(ok, flat, -torch.inf).amax(-1), 0.0)[..., None, None]
+    scaled = ((values - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
+    return torch.where(valid, scaled, torch.zeros_like(values))
+
+
 def relative_disparity(depth: torch.Tensor) -> torch.Tensor:
     """``depth [..., H, W]`` in metres (0 = no hit) -> inverse depth min-max scaled per image to [0, 1]."""
     depth = depth.float()
     hit = depth > 0
-    disparity = torch.where(hit, 1 / depth.clamp_min(1e-6), torch.zeros_like(depth))
-    flat_hit = hit.flatten(-2)
-    big = torch.finfo(disparity.dtype).max
-    low = torch.where(flat_hit, disparity.flatten(-2), torch.full_like(disparity.flatten(-2), big)).amin(-1)
-    high = disparity.flatten(-2).amax(-1)
-    low = torch.where(flat_hit.any(-1), low, torch.zeros_like(low))[..., None, None]
-    span = (high[..., None, None] - low).clamp_min(1e-6)
-    return torch.where(hit, (disparity - low) / span, torch.zeros_like(depth)).clamp(0, 1)
+    return _min_max(1 / depth.clamp_min(1e-6), hit)
 
 
 def normalise_relative(disparity: torch.Tensor) -> torch.Tensor:
     """An estimator's relative inverse depth (any range, larger = nearer) min-max scaled to [0, 1]."""
     disparity = disparity.float()
-    low = disparity.flatten(-2).amin(-1)[..., None, None]
-    high = disparity.flatten(-2).amax(-1)[..., None, None]
-    return ((disparity - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
+    return _min_max(disparity, torch.ones_like(disparity, dtype=torch.bool))
 
 
 def depth_from_npy_bytes(data: bytes) -> torch.Tensor:

@@ -152,7 +152,7 @@ def run_infer(args: argparse.Namespace) -> int:
     if out_root.exists() and not out_root.is_dir():
         raise UserError(f"--out {out_root}: exists and is not a folder")
     pipe = _load(args)
-    depths = _depth_files(args.depth, photos) if pipe.uses_depth or args.depth else None
+    depths = _depth_files(args.depth, photos)
     if pipe.uses_depth and depths is None:
         raise UserError(f"--depth: the model {args.model} is depth-conditioned; give a depth map per photo")
     sampling = _sampling(args)

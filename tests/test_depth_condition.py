@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -127,7 +129,5 @@ def test_infer_and_eval_cli_with_a_depth_model(depth_parts, tmp_path, monkeypatc
     metrics = tmp_path / "m.json"
     eval_argv = ["eval", *common, "--data", str(tmp_path / "shards" / "test-*.tar"), "--out", str(metrics)]
     assert cobl.cli.main(eval_argv) == 0
-    import json
-
     assert json.loads(metrics.read_text())["num_scenes"] == 2
 

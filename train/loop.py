@@ -137,7 +137,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
     skipped_by_worker: dict[int, dict[str, int]] = {}
 
     writer = _writer(out) if accelerator.is_main_process else None
-    val_photos = _validation_photos(urls, config, opts) if accelerator.is_main_process else None
+    val_samples = _validation_samples(urls, config, opts) if accelerator.is_main_process else None
     metrics_file = (out / "metrics.jsonl").open("a") if accelerator.is_main_process else None
     losses: dict[int, float] = {}
     bar = tqdm(
@@ -211,7 +211,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
                     accelerator.unwrap_model(model),
                     codec,
                     noise_scheduler,
-                    val_photos,
+                    val_samples,
                     writer,
                     global_step,
                     opts,
@@ -273,7 +273,7 @@ def _writer(out: Path):
     return SummaryWriter(str(out / "logs"))
 
 
-def _validation_photos(urls: list[str], config, opts: TrainOptions) -> dict[str, torch.Tensor | None] | None:
+def _validation_samples(urls: list[str], config, opts: TrainOptions) -> dict[str, torch.Tensor | None] | None:
     """The first few photos (and depths, for a depth-conditioned model) of the training shards."""
     if not opts.validate_every:
         return None
@@ -286,8 +286,8 @@ def _validation_photos(urls: list[str], config, opts: TrainOptions) -> dict[str,
     return collate(samples) if samples else None
 
 
-def _log_validation(model, codec, noise_scheduler, photos, writer, step, opts, ema) -> None:
-    if photos is None:
+def _log_validation(model, codec, noise_scheduler, samples, writer, step, opts, ema) -> None:
+    if samples is None:
         return
     from train.validate import layer_grid, sample_layers
 
@@ -301,15 +301,15 @@ def _log_validation(model, codec, noise_scheduler, photos, writer, step, opts, e
             model,
             codec,
             noise_scheduler.config,
-            photos["photo"].to(device),
-            depth=None if photos["depth"] is None else photos["depth"].to(device),
+            samples["photo"].to(device),
+            depth=None if samples["depth"] is None else samples["depth"].to(device),
             steps=opts.validation_steps,
             seed=opts.seed,
         )
     finally:
         if ema is not None:
             ema.restore(model.trainable_parameters())
-    grid = layer_grid(photos["photo"].to(device), layers.float(), background.float())
+    grid = layer_grid(samples["photo"].to(device), layers.float(), background.float())
     writer.add_image("validation/photo|layers|background|recomposition", grid.cpu(), step)
 
 

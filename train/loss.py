@@ -77,9 +77,7 @@ def diffusion_loss(
                 "the model is depth-conditioned (config depth_condition) but the batch has no depth: "
                 "the shard samples need depth.npy"
             )
-        photo_latents = encode_condition(
-            codec, batch["photo"].to(codec_dtype), None if depth is None else depth.to(codec_dtype)
-        )
+        photo_latents = encode_condition(codec, batch["photo"].to(codec_dtype), depth)  # casts the depth
     latents, photo_latents = latents.float(), photo_latents.float()
     noise, timesteps, drop = per_sample_noise(
         batch["key"], step, seed, tuple(latents.shape[1:]), scheduler.config.num_train_timesteps, cond_dropout
