@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
+	$(BIN)/lint-imports  # the floors of docs/architecture.md
 	PYOPENGL_PLATFORM=egl RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
 
 demo: install

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from synth.spec import LightSpec, Quat, Vec3, WorldSpec
+from cobl.core.spec import LightSpec, Quat, Vec3, WorldSpec
 
 HDRI_SUFFIXES = (".hdr", ".exr")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synth.spec import MaterialSpec, Vec3
+from cobl.core.spec import MaterialSpec, Vec3
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".hdr", ".bmp", ".webp")
 

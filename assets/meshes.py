@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from cobl.errors import UserError
-from synth.spec import AssetRef
+from cobl.core.errors import UserError
+from cobl.core.spec import AssetRef
 
 MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl")
 

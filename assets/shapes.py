@@ -23,7 +23,7 @@ import numpy as np
 import trimesh
 from scipy.interpolate import PchipInterpolator
 
-from synth.spec import AssetRef
+from cobl.core.spec import AssetRef
 
 FAMILIES: tuple[str, ...] = (
     "box",

@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 FRESH = """
 import sys
-from synth.generate import GenerationConfig
-from synth.worker import render_sample
-from synth.blender.renderer import BlenderRenderer
+from synth.dataset.plan import GenerationConfig
+from synth.dataset.worker import render_sample
+from synth.render.blender.renderer import BlenderRenderer
 config = GenerationConfig.from_dict(__import__("json").loads(sys.argv[1]))
 render_sample(BlenderRenderer(threads=1), config, int(sys.argv[2]))
 """
@@ -36,7 +36,7 @@ def bench_persistent_vs_fresh(ray, config, scenes: int) -> tuple[float, float, f
     """(persistent scenes/s steady state, persistent incl. its one bpy start-up, fresh process scenes/s)."""
     import json
 
-    from synth.worker import RenderWorker
+    from synth.dataset.worker import RenderWorker
 
     actor = ray.remote(RenderWorker).options(num_cpus=1).remote(config.to_dict(), 1)
     t0 = time.perf_counter()
@@ -68,7 +68,7 @@ def bench_workers(config_factory, scenes: int) -> tuple[float, float, float]:
 
     The first two give Ray's scaling at a fixed per-worker cost; the third shows what one worker already
     gets from Cycles' own threads (the job's default for a single worker)."""
-    from synth.generate import run_generation
+    from synth.dataset.generate import run_generation
 
     rates = []
     for workers, threads in ((1, 1), (2, 1), (1, 0)):
@@ -82,7 +82,7 @@ def bench_workers(config_factory, scenes: int) -> tuple[float, float, float]:
 
 def bench_rss(config, scenes: int) -> list[float]:
     """RSS after each scene of one RenderWorker (the actor's own code, run in this process)."""
-    from synth.worker import RenderWorker
+    from synth.dataset.worker import RenderWorker
 
     worker = RenderWorker(config.to_dict(), threads=1)
     return [worker.render(i)["rss_mb"] for i in range(scenes)]
@@ -99,7 +99,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    from synth.generate import make_config
+    from synth.dataset.plan import make_config
 
     def config(n: int, res: int = args.res, samples: int = args.samples):
         return make_config(n, seed=1, resolution=res, samples=samples, splits={"train": 1.0}, shard_size=n)

@@ -14,7 +14,7 @@ import argparse
 import os
 import statistics
 
-from synth.sampler import SamplerConfig, sample_scene
+from synth.scene.sampler import SamplerConfig, sample_scene
 
 PASSES = ("photo", "layers", "background", "assemble")
 
@@ -37,7 +37,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from synth.blender.renderer import BlenderRenderer
+    from synth.render.blender.renderer import BlenderRenderer
 
     renderer = BlenderRenderer(threads=args.threads)
     config = SamplerConfig(

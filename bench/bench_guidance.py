@@ -15,8 +15,8 @@ import time
 import torch
 from diffusers import DDIMScheduler
 
-from cobl.bundle import build
-from cobl.configs import tiny_config
+from cobl.model.bundle import build
+from cobl.model.configs import tiny_config
 from infer.pipeline import CObLPipeline
 
 

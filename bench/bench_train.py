@@ -20,8 +20,8 @@ def _measure(variant: str, args: dict, queue) -> None:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from cobl.bundle import build
-    from cobl.configs import get_config
+    from cobl.model.bundle import build
+    from cobl.model.configs import get_config
 
     torch.set_num_threads(args["threads"])
     torch.manual_seed(0)

@@ -12,8 +12,8 @@ import json
 import time
 from pathlib import Path
 
-from cobl.cli import main as cobl
-from cobl.configs import tiny_config, tiny_unet_kwargs
+from cobl.app.cli import main as cobl
+from cobl.model.configs import tiny_config, tiny_unet_kwargs
 
 # name -> (config overrides, train options)
 VARIANTS: dict[str, tuple[dict, dict]] = {

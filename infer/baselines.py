@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from cobl.layers import ALPHA_CHANNEL, EMPTY_RGB, modal_ids
+from cobl.core.layers import ALPHA_CHANNEL, EMPTY_RGB, modal_ids
 
 
 def visible_only_layers(

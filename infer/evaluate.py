@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cobl.errors import UserError
+from cobl.core.errors import UserError
 from infer.baselines import visible_only_layers
 from infer.metrics import evaluate_scene, summarize
 from infer.pipeline import CObLPipeline, decompose
@@ -34,7 +34,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Per-scene rows and summaries for each method; ``sampling`` goes to ``infer.pipeline.decompose``
     (``num_inference_steps``, ``guidance_scale``, ``min_area``, ...)."""
-    from cobl.data import make_dataset, sample_seed
+    from cobl.model.data import make_dataset, sample_seed
 
     dataset = make_dataset(
         data, pipe.num_objects, pipe.resolution, shuffle=False, epochs=1, depth=pipe.uses_depth

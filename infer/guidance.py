@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cobl.layers import ALPHA_CHANNEL, composite
-from cobl.parametrization import per_sample
+from cobl.core.layers import ALPHA_CHANNEL, composite
+from cobl.model.parametrization import per_sample
 
 SCHEDULES = ("constant", "linear", "late")
 MODES = ("x0", "latents", "both")

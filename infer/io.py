@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from cobl.atomic import atomic_path
-from cobl.errors import UserError
-from cobl.layers import composite
-from synth import schema
+from cobl.core import schema
+from cobl.core.atomic import atomic_path
+from cobl.core.errors import UserError
+from cobl.core.layers import composite
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 RECOMPOSITION = "recomposition.png"

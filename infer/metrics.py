@@ -31,7 +31,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from cobl.layers import ALPHA_CHANNEL, EMPTY_RGB, composite, visible_weights
+from cobl.core.layers import ALPHA_CHANNEL, EMPTY_RGB, composite, visible_weights
 
 ALPHA_THRESHOLD = 0.5
 OCCLUDED_BELOW = 0.95

@@ -9,7 +9,7 @@ Components (diffusers ``save_pretrained``/``from_pretrained``): ``unet`` (``cobl
 ``scheduler``, and ``vae`` (an ``AutoencoderKL`` for the ``vae`` codec, ``None`` for ``space_to_depth``); the
 codec kind and factor are plain config values, and the codec object is rebuilt from them. ``CObLModel`` lives
 outside diffusers, so its module must be imported before loading: this module imports it, which is what
-diffusers' loader looks up (``sys.modules['cobl.model']``).
+diffusers' loader looks up (``sys.modules['cobl.model.network']``).
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepSchedu
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from cobl.bundle import BUNDLE_FILE, load_bundle
-from cobl.codec import SpaceToDepthCodec, VAECodec, encode_condition
-from cobl.errors import UserError
-from cobl.layers import ALPHA_CHANNEL, visible_weights
-from cobl.model import CObLModel
-from cobl.parametrization import output_from_x0, predict_x0
-from cobl.slots import permute_slots
+from cobl.core.errors import UserError
+from cobl.core.layers import ALPHA_CHANNEL, visible_weights
+from cobl.model.bundle import BUNDLE_FILE, load_bundle
+from cobl.model.codec import SpaceToDepthCodec, VAECodec, encode_condition
+from cobl.model.network import CObLModel
+from cobl.model.parametrization import output_from_x0, predict_x0
+from cobl.model.slots import permute_slots
 from infer.guidance import (
     GuidanceConfig,
     best_slot_order,

@@ -6,15 +6,13 @@ import json
 
 import pytest
 
-import cobl.cli
-from synth import schema
+import cobl.app.cli
+from cobl.core import schema
 
 
 @pytest.fixture
 def cli(monkeypatch):
-    # Only the synth commands: this test must not depend on the other parts of the CLI being importable.
-    monkeypatch.setattr(cobl.cli, "COMMAND_MODULES", ("synth.cli",))
-    return lambda *argv: cobl.cli.main(["synth", "scene", *map(str, argv)])
+    return lambda *argv: cobl.app.cli.main(["synth", "scene", *map(str, argv)])
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,10 @@ import pytest
 import torch
 import webdataset as wds
 
-from cobl.data import (
+from cobl.core import schema
+from cobl.core.errors import UserError
+from cobl.core.layers import EMPTY_RGB, composite
+from cobl.model.data import (
     SkipSample,
     TooManyObjects,
     collate,
@@ -20,9 +23,6 @@ from cobl.data import (
     make_dataset,
     make_loader,
 )
-from cobl.errors import UserError
-from cobl.layers import EMPTY_RGB, composite
-from synth import schema
 from tests.shardmaker import make_scene, scene_members, write_shard
 
 torch.set_num_threads(1)
@@ -150,7 +150,7 @@ def _reference_decode(files: dict, k: int, resolution: int) -> dict:
     stack = torch.stack([*layers, *([empty] * (k - len(layers)))])
     stack = torch.where(stack[:, 3:4] == 0, empty[None], stack)
     if (h, w) != (resolution, resolution):
-        from cobl.data import _resize
+        from cobl.model.data import _resize
 
         alpha = _resize(stack[:, 3:4], resolution)
         premult = _resize(stack[:, :3] * stack[:, 3:4], resolution)
@@ -171,7 +171,7 @@ def _assert_identical(got: dict, want: dict, names=("photo", "layers", "backgrou
 
 @pytest.mark.parametrize(("size", "resolution"), [(32, 32), (48, 32)])
 def test_fast_decode_is_bit_identical_to_the_reference_decode(size, resolution):
-    from synth.shards import empty_layer_png
+    from synth.dataset.shards import empty_layer_png
 
     for seed in range(3):
         files, _ = _members(1 + seed, max_layers=5, size=size, seed=seed)

@@ -8,8 +8,8 @@ import tarfile
 import pytest
 from PIL import Image
 
-from cobl.cli import main
-from cobl.report import METRIC_COLUMNS, format_value
+from cobl.app.cli import main
+from cobl.app.report import METRIC_COLUMNS, format_value
 
 MINI = ["--scenes", "16", "--res", "32", "--samples", "4", "--objects", "2-3", "--num-objects", "3",
         "--steps", "4", "--batch-size", "2", "--eval-scenes", "2", "--sampling-steps", "2", "--workers", "1"]
@@ -83,8 +83,8 @@ def test_bad_option_is_one_line_error(tmp_path, capsys):
 def test_gpu_scale_profile_is_the_sd_config_with_depth_and_needs_pretrained(tmp_path, capsys):
     import argparse
 
-    from cobl.configs import get_config
-    from cobl.demo import gpu_scale_profile, register, write_model_config
+    from cobl.app.demo import gpu_scale_profile, register, write_model_config
+    from cobl.model.configs import get_config
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

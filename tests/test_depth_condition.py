@@ -11,14 +11,14 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
-import cobl.cli
-from cobl.bundle import build, save_bundle
-from cobl.configs import tiny_config
-from cobl.data import collate, decode_sample
-from cobl.depth import load_depth_file, relative_disparity
-from cobl.errors import UserError
+import cobl.app.cli
+from cobl.core import schema
+from cobl.core.errors import UserError
+from cobl.model.bundle import build, save_bundle
+from cobl.model.configs import tiny_config
+from cobl.model.data import collate, decode_sample
+from cobl.model.depth import load_depth_file, relative_disparity
 from infer.pipeline import CObLPipeline, load_pipeline
-from synth import schema
 from tests.shardmaker import make_scene, scene_depth, scene_members, write_shard
 from train.loss import diffusion_loss
 
@@ -115,19 +115,18 @@ def test_infer_and_eval_cli_with_a_depth_model(depth_parts, tmp_path, monkeypatc
     photo_u8 = np.round(scene["photo"].transpose(1, 2, 0) * 255).astype(np.uint8)
     Image.fromarray(photo_u8).save(tmp_path / "p.png")
     np.save(tmp_path / "p.npy", scene_depth(scene["ids"], 2))
-    monkeypatch.setattr(cobl.cli, "COMMAND_MODULES", ("infer.cli",))
     common = ["--model", str(tmp_path / "run"), "--steps", "2"]
     no_depth = ["infer", *common, "--image", str(tmp_path / "p.png"), "--out", str(tmp_path / "o1")]
-    assert cobl.cli.main(no_depth) == 2
+    assert cobl.app.cli.main(no_depth) == 2
     assert "--depth" in capsys.readouterr().err
     assert not (tmp_path / "o1").exists()
     argv = ["infer", *common, "--image", str(tmp_path / "p.png"), "--depth", str(tmp_path / "p.npy")]
-    assert cobl.cli.main([*argv, "--out", str(tmp_path / "o2")]) == 0
+    assert cobl.app.cli.main([*argv, "--out", str(tmp_path / "o2")]) == 0
     with Image.open(tmp_path / "o2" / "p" / schema.BACKGROUND) as im:
         assert im.size == (RES, RES)
     write_shard(tmp_path / "shards" / "test-000000.tar", 2, size=RES, max_objects=3, seed=2)
     metrics = tmp_path / "m.json"
     eval_argv = ["eval", *common, "--data", str(tmp_path / "shards" / "test-*.tar"), "--out", str(metrics)]
-    assert cobl.cli.main(eval_argv) == 0
+    assert cobl.app.cli.main(eval_argv) == 0
     assert json.loads(metrics.read_text())["num_scenes"] == 2
 

@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synth import schema
-from synth.generate import GenerationConfig, make_config, run_generation, scene_id
-from synth.manifest import SHARDS_DIR, Manifest, verify
-from synth.shards import iter_shard
+from cobl.core import schema
+from synth.dataset.generate import run_generation
+from synth.dataset.manifest import SHARDS_DIR, Manifest, verify
+from synth.dataset.plan import GenerationConfig, make_config, scene_id
+from synth.dataset.shards import iter_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 5
@@ -165,13 +166,8 @@ def test_worker_killed_mid_render_is_retried(dataset: Path, tmp_path: Path) -> N
     assert all(samples[k][schema.SCENE] == ref[k][schema.SCENE] for k in ref)
 
 
-# `cobl ...` through the real cobl.cli.main, with only the synth commands registered so that this test does
-# not depend on the training/inference modules being importable.
-COBL = [
-    sys.executable,
-    "-c",
-    "import sys, cobl.cli as c; c.COMMAND_MODULES = ('synth.cli',); sys.exit(c.main(sys.argv[1:]))",
-]
+# `cobl ...` through the real cobl.app.cli.main (command handlers import their heavy modules lazily).
+COBL = [sys.executable, "-m", "cobl.app.cli"]
 
 
 def _cobl_run(out: Path, scenes: int) -> list[str]:
@@ -283,7 +279,7 @@ def test_one_scene_rerenders_alone_identically(dataset: Path, tmp_path: Path) ->
 def test_publish_on_real_renders(dataset: Path, tmp_path: Path) -> None:
     import shutil
 
-    from synth.publish import publish
+    from synth.dataset.publish import publish
 
     copy = tmp_path / "pub"
     shutil.copytree(dataset, copy)
@@ -299,7 +295,7 @@ def test_publish_on_real_renders(dataset: Path, tmp_path: Path) -> None:
 
 def test_a_scene_that_always_fails_stops_the_job_with_an_error(ray_local, tmp_path: Path) -> None:
     """Impossible constraints (every object fully visible yet all occluded): the sampler raises every time."""
-    from synth.generate import GenerationError
+    from synth.dataset.generate import GenerationError
 
     config = make_config(
         2,

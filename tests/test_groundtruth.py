@@ -7,10 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from synth import groundtruth, schema
-from synth.contact_sheet import contact_sheet
-from synth.scene_dir import read_scene_dir, write_scene_dir
-from synth.spec import (
+from cobl.core import schema
+from cobl.core.spec import (
     AssetRef,
     CameraSpec,
     LightSpec,
@@ -20,6 +18,9 @@ from synth.spec import (
     TableSpec,
     WorldSpec,
 )
+from synth.render import groundtruth
+from synth.render.contact_sheet import contact_sheet
+from synth.render.scene_dir import read_scene_dir, write_scene_dir
 
 H = W = 32
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-import cobl.cli
-from cobl.bundle import build, save_bundle
-from cobl.configs import tiny_config
-from cobl.report import METRIC_COLUMNS
-from synth import schema
+import cobl.app.cli
+from cobl.app.report import METRIC_COLUMNS
+from cobl.core import schema
+from cobl.model.bundle import build, save_bundle
+from cobl.model.configs import tiny_config
 from tests.shardmaker import make_scene, write_shard
 
 torch.set_num_threads(1)
@@ -25,9 +25,9 @@ FAST = ["--steps", "3", "--seed", "1"]
 # the test process).
 RENDER = """
 import sys
-from synth.blender.renderer import BlenderRenderer
-from synth.sampler import SamplerConfig, sample_scene
-from synth.scene_dir import write_scene_dir
+from synth.render.blender.renderer import BlenderRenderer
+from synth.scene.sampler import SamplerConfig, sample_scene
+from synth.render.scene_dir import write_scene_dir
 config = SamplerConfig(width=64, height=64, samples=4, check_res=64, min_objects=2, max_objects=3)
 spec = sample_scene(0, config).with_render(threads=1)
 with BlenderRenderer(threads=1) as renderer:
@@ -54,9 +54,8 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture
 def cli(monkeypatch):
-    """The real ``cobl`` entry point with only this part's commands registered (keeps the test fast)."""
-    monkeypatch.setattr(cobl.cli, "COMMAND_MODULES", ("infer.cli",))
-    return cobl.cli.main
+    """The real ``cobl`` entry point."""
+    return cobl.app.cli.main
 
 
 def _one_error_line(capsys, *fragments):

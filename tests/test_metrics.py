@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cobl.layers import composite
+from cobl.core.layers import composite
 from infer.baselines import visible_only_layers
 from infer.metrics import MAX_PSNR, evaluate_scene, iou_matrix, match_layers, summarize, visible_fractions
 

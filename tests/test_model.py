@@ -8,13 +8,13 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-from cobl.bundle import build, load_bundle, save_bundle
-from cobl.codec import SpaceToDepthCodec, VAECodec, encode_condition
-from cobl.configs import get_config, sd_config, tiny_config
-from cobl.cross_slot import CrossSlotAttention
-from cobl.errors import UserError
-from cobl.layers import composite
-from cobl.model import CObLModel
+from cobl.core.errors import UserError
+from cobl.core.layers import composite
+from cobl.model.bundle import build, load_bundle, save_bundle
+from cobl.model.codec import SpaceToDepthCodec, VAECodec, encode_condition
+from cobl.model.configs import get_config, sd_config, tiny_config
+from cobl.model.cross_slot import CrossSlotAttention
+from cobl.model.network import CObLModel
 
 torch.set_num_threads(1)
 
@@ -216,8 +216,8 @@ def test_bad_config_and_pretrained_are_user_errors(tmp_path):
 
 
 def test_train_vae_saves_a_loadable_vae_with_its_psnr(tmp_path):
-    from cobl.vae import fit_vae
     from tests.shardmaker import write_shard
+    from train.vae import fit_vae
 
     write_shard(tmp_path / "v.tar", 3, size=32, seed=0)
     report = fit_vae(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cobl.layers import modal_ids as layer_modal_ids
-from synth.occlusion import front_to_back_order, occlusion_edges, occlusion_matrix, visible_fractions
+from cobl.core.layers import modal_ids as layer_modal_ids
+from synth.scene.occlusion import front_to_back_order, occlusion_edges, occlusion_matrix, visible_fractions
 
 
 def _masks(*spans: tuple[int, int], width: int = 10) -> np.ndarray:

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cobl.errors import UserError
-from cobl.layers import composite, to_channels_first, to_channels_last
-from synth import schema
-from synth.generate import GenerationConfig, scene_id
-from synth.manifest import SHARDS_DIR, Manifest, ShardRecord
-from synth.publish import publish
-from synth.shards import pad_layers, write_shard
+from cobl.core import schema
+from cobl.core.errors import UserError
+from cobl.core.layers import composite, to_channels_first, to_channels_last
+from synth.dataset.manifest import SHARDS_DIR, Manifest, ShardRecord
+from synth.dataset.plan import GenerationConfig, scene_id
+from synth.dataset.publish import publish
+from synth.dataset.shards import pad_layers, write_shard
 
 RES = 48
 SLOTS = 3

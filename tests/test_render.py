@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from cobl.layers import modal_ids
-from synth import schema
-from synth.groundtruth import recomposite
-from synth.sampler import SamplerConfig, sample_scene
-from synth.spec import SceneSpec
+from cobl.core import schema
+from cobl.core.layers import modal_ids
+from cobl.core.spec import SceneSpec
+from synth.render.groundtruth import recomposite
+from synth.scene.sampler import SamplerConfig, sample_scene
 
 RES = 96
 SEEDS = (3, 6)
@@ -20,7 +20,7 @@ SEEDS = (3, 6)
 
 @pytest.fixture(scope="module")
 def rendered():
-    from synth.blender.renderer import BlenderRenderer
+    from synth.render.blender.renderer import BlenderRenderer
 
     config = SamplerConfig(width=RES, height=RES, samples=8, min_objects=3, max_objects=4, check_res=RES)
     with BlenderRenderer(threads=2) as renderer:
@@ -58,7 +58,7 @@ def test_ids_agree_with_the_layer_stack(rendered):
 
 
 def test_masks_and_depth_match_pyrender(rendered):
-    from synth.pyrender_check import mask_iou, render_amodal
+    from synth.render.pyrender_check import mask_iou, render_amodal
 
     for spec, scene in rendered:
         masks, depth = render_amodal(spec)
@@ -104,7 +104,7 @@ def test_scene_json_is_consistent(rendered):
 def test_partial_renders_equal_full_renders(monkeypatch):
     """Renders restricted to tight border boxes, and object pixels taken from the photo, are bit-identical
     to what plain renders over generous boxes give (same camera samples in every render)."""
-    from synth.blender import renderer as renderer_module
+    from synth.render.blender import renderer as renderer_module
 
     config = SamplerConfig(width=64, height=64, samples=4, min_objects=4, max_objects=4, check_res=64)
     spec = sample_scene(11, config)
@@ -120,7 +120,7 @@ def test_partial_renders_equal_full_renders(monkeypatch):
 
 
 def test_cover_boxes_cover_the_mask_cheaply():
-    from synth.groundtruth import cover_boxes
+    from synth.render.groundtruth import cover_boxes
 
     yy, xx = np.mgrid[:80, :90]
     disc = (xx - 40) ** 2 + (yy - 40) ** 2 < 30**2
@@ -139,7 +139,7 @@ def test_cover_boxes_cover_the_mask_cheaply():
 
 
 def test_hull_mask_contains_the_projection():
-    from synth.groundtruth import hull_mask
+    from synth.render.groundtruth import hull_mask
 
     rng = np.random.default_rng(0)
     points = rng.normal(size=(200, 2)) * 6 + 30
@@ -154,8 +154,8 @@ def test_every_object_matches_pyrender_at_095_when_objects_are_resolved():
     """The issue's criterion verbatim: per-object IoU >= 0.95 between Blender's alpha > 0.5 and pyrender's
     mask, on scenes whose objects cover at least 2% of a 128² frame (at 96² a one-pixel boundary shift alone
     costs a 100-pixel object ~0.1 IoU, which is what the test above allows for)."""
-    from synth.blender.renderer import BlenderRenderer
-    from synth.pyrender_check import mask_iou, render_amodal
+    from synth.render.blender.renderer import BlenderRenderer
+    from synth.render.pyrender_check import mask_iou, render_amodal
 
     config = SamplerConfig(
         width=128, height=128, samples=4, min_objects=2, max_objects=4, check_res=64, min_object_area=0.02

@@ -14,10 +14,10 @@ import pytest
 import shapely
 import trimesh
 
-from synth import geometry
-from synth.occlusion import front_to_back_order, occlusion_edges, visible_fractions
-from synth.sampler import SamplerConfig, SamplingError, sample_scene
-from synth.spec import CameraSpec, SceneSpec
+from cobl.core.spec import CameraSpec, SceneSpec
+from synth.scene import geometry
+from synth.scene.occlusion import front_to_back_order, occlusion_edges, visible_fractions
+from synth.scene.sampler import SamplerConfig, SamplingError, sample_scene
 
 CONFIG = SamplerConfig(width=128, height=96)
 SEEDS = range(24)
@@ -174,7 +174,7 @@ def test_raster_chunking_does_not_change_masks(monkeypatch) -> None:
 
 
 def test_same_spec_in_a_fresh_process_with_other_hash_seed() -> None:
-    code = "from synth.sampler import SamplerConfig as C, sample_scene as s; print(s(3, C()).to_json())"
+    code = "from synth.scene.sampler import SamplerConfig as C, sample_scene as s; print(s(3, C()).to_json())"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(

@@ -11,20 +11,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cobl.errors import UserError
-from synth import schema
-from synth.generate import (
+from cobl.core import schema
+from cobl.core.errors import UserError
+from synth.dataset.generate import prepare_output
+from synth.dataset.manifest import SHARDS_DIR, Manifest, ShardRecord, verify
+from synth.dataset.plan import (
     GenerationConfig,
     parse_splits,
     plan_shards,
-    prepare_output,
     scene_id,
     scene_index,
     scene_seed,
     split_counts,
 )
-from synth.manifest import SHARDS_DIR, Manifest, ShardRecord, verify
-from synth.shards import empty_layer_png, iter_shard, pad_layers, read_shard, sha256_file, write_shard
+from synth.dataset.shards import empty_layer_png, iter_shard, pad_layers, read_shard, sha256_file, write_shard
 
 RES = 16
 SLOTS = 3
@@ -222,10 +222,10 @@ def test_manifest_round_trip_and_totals(tmp_path: Path) -> None:
 
 
 def dataset_cli(argv: list[str]) -> int:
-    """``cobl synth ...`` for this module's commands, exactly as cobl.cli.main dispatches them."""
+    """``cobl synth ...`` for this module's commands, exactly as cobl.app.cli.main dispatches them."""
     import argparse
 
-    from synth import cli_dataset
+    from cobl.app import cli_dataset
 
     parser = argparse.ArgumentParser(prog="cobl synth")
     cli_dataset.register(parser.add_subparsers(dest="cmd", required=True))
@@ -297,7 +297,7 @@ def test_prepare_output_refuses_a_different_config(tmp_path: Path) -> None:
     ],
 )
 def test_bad_generation_options_are_user_errors(kwargs: dict, match: str) -> None:
-    from synth.generate import make_config
+    from synth.dataset.plan import make_config
 
     kwargs = {"num_scenes": 4, **kwargs}
     with pytest.raises(UserError, match=match):
@@ -312,8 +312,8 @@ def test_run_rejects_bad_options_before_writing_anything(tmp_path: Path) -> None
 
 
 def test_config_records_layer_slots_and_the_full_sampler_config() -> None:
-    from synth.generate import make_config
-    from synth.sampler import SamplerConfig
+    from synth.dataset.plan import make_config
+    from synth.scene.sampler import SamplerConfig
 
     config = make_config(10, resolution=32, samples=2, sampler_overrides={"max_objects": 4})
     assert config.layer_slots == 4

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cobl.bundle import build, load_bundle
-from cobl.configs import tiny_config
-from cobl.data import collate, decode_sample
+from cobl.model.bundle import build, load_bundle
+from cobl.model.configs import tiny_config
+from cobl.model.data import collate, decode_sample
 from tests.shardmaker import write_shard
 from train.loop import SimulatedKill, train
 from train.loss import diffusion_loss
@@ -96,7 +96,7 @@ def test_two_process_ddp_equals_one_process_with_doubled_batch(shards, tmp_path)
     cmd = [
         sys.executable,
         "-m",
-        "train",
+        "cobl.app.train_process",
         "--num-processes",
         "2",
         *_argv(
@@ -127,7 +127,7 @@ def load_bundle_init(key: str) -> torch.Tensor:
 
 
 def _argv(opts: TrainOptions) -> list[str]:
-    from train.options import options_to_argv
+    from cobl.app.train_flags import options_to_argv
 
     return options_to_argv(opts)
 
@@ -141,8 +141,8 @@ def _argv(opts: TrainOptions) -> list[str]:
     ],
 )
 def test_bad_data_or_config_is_a_one_line_error(shards, tmp_path, capsys, args, message):
-    # ``train.cli.main`` is the handler behind ``cobl train`` and ``python -m train``.
-    from train.cli import main
+    # ``cobl.app.cli_train.main``: the handler of ``cobl train`` and ``python -m cobl.app.train_process``.
+    from cobl.app.cli_train import main
 
     argv = ["--data", shards, "--out", str(tmp_path / "run"), "--max-steps", "1", *args]
     assert main(argv) == 2

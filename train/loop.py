@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from cobl.errors import UserError
+from cobl.core.errors import UserError
 from train.options import TrainOptions
 
 CHECKPOINT_DIR = "checkpoints"
@@ -37,7 +37,7 @@ class SimulatedKill(RuntimeError):
 
 
 def resolve_config(opts: TrainOptions):
-    from cobl.configs import get_config
+    from cobl.model.configs import get_config
 
     config = get_config(opts.config)
     return config.replace(
@@ -65,8 +65,8 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    from cobl.bundle import build, save_bundle
-    from cobl.data import batches, expand_urls, make_dataset, make_loader
+    from cobl.model.bundle import build, save_bundle
+    from cobl.model.data import batches, expand_urls, make_dataset, make_loader
     from train.loss import diffusion_loss
 
     out = Path(opts.out)
@@ -234,7 +234,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
     final = out / "final"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        from cobl.atomic import atomic_path
+        from cobl.core.atomic import atomic_path
 
         unwrapped = accelerator.unwrap_model(model)
         if ema is not None:
@@ -277,7 +277,7 @@ def _validation_samples(urls: list[str], config, opts: TrainOptions) -> dict[str
     """The first few photos (and depths, for a depth-conditioned model) of the training shards."""
     if not opts.validate_every:
         return None
-    from cobl.data import collate, make_dataset
+    from cobl.model.data import collate, make_dataset
 
     ds = make_dataset(
         urls, config.num_objects, config.resolution, shuffle=False, epochs=1, depth=config.depth_condition

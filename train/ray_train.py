@@ -5,17 +5,15 @@ WORLD_SIZE / LOCAL_RANK environment; ``train.loop.train`` then builds its ``Acce
 process group, so DDP, checkpoints, resume and the export behave as under ``accelerate launch``.
 ``--out`` must be on storage every node sees (a shared filesystem): checkpoints and the export go there.
 
-    python -m train.ray_train --address auto --num-workers 8 --use-gpu -- \
+    python -m cobl.app.ray_train --address auto --num-workers 8 --use-gpu -- \
         --data '/shared/shards/train-{000000..000099}.tar' --config sd --pretrained /shared/sd21 \
         --out /shared/runs/cobl --mixed-precision bf16 --gradient-checkpointing --ema
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 from typing import Any
 
 from train.options import TrainOptions
@@ -74,33 +72,3 @@ def run_ray(
     finally:
         if started:
             ray.shutdown()
-
-
-def main(argv: list[str] | None = None) -> int:
-    from cobl.cli import _Parser
-    from cobl.errors import UserError
-    from train.options import add_arguments, options_from_args
-
-    argv = sys.argv[1:] if argv is None else argv
-    ray_argv, train_argv = (
-        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else ([], argv)
-    )
-    rp = argparse.ArgumentParser(prog="python -m train.ray_train")
-    rp.add_argument("--address", default="auto", help="Ray cluster address ('auto' inside the cluster)")
-    rp.add_argument("--num-workers", type=int, default=1, help="training workers (one per GPU)")
-    rp.add_argument("--use-gpu", action="store_true")
-    rp.add_argument("--local", action="store_true", help="start a local Ray instance instead of joining one")
-    ray_args = rp.parse_args(ray_argv)
-    tp = _Parser(prog="python -m train.ray_train ... --")
-    add_arguments(tp)
-    opts = options_from_args(tp.parse_args(train_argv))
-    try:
-        run_ray(opts, ray_args.num_workers, ray_args.use_gpu, ray_args.address, ray_args.local)
-    except UserError as err:
-        print(f"cobl: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from cobl.codec import encode_condition
-from cobl.layers import EMPTY_RGB, composite
+from cobl.core.layers import EMPTY_RGB, composite
+from cobl.model.codec import encode_condition
 
 
 @torch.no_grad()

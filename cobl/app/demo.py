@@ -1,0 +1,226 @@
+"""``cobl demo``: the whole loop on one machine, resumable stage by stage.
+
+Stages (each runs the real CLI command, so the demo exercises exactly what users run):
+  1. data     ``cobl synth run``       render a small dataset with Ray + Blender into shards
+  2. publish  ``cobl synth verify`` + ``cobl synth publish``   manifest check, dataset card, gallery
+  3. train    ``cobl train``           the tiny CObL on the CPU (resumes from its last checkpoint)
+  4. eval     ``cobl eval``            held-out test split, and the training scenes (can it fit what it saw?)
+  5. report   ``OUT/report.html``      samples, loss curve, predicted vs true layer stacks, metrics tables
+
+A finished stage leaves ``OUT/.stages/<stage>.json`` holding the options it ran with; a rerun with the same
+options skips it, so a killed demo resumes where it stopped. The defaults are the tiny configuration found by
+the sweep recorded in ``docs/demo.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from cobl.app.parser import run_cli
+from cobl.core.atomic import write_text_atomic
+from cobl.core.errors import UserError
+
+STAGES = ("data", "publish", "train", "eval", "report")
+
+# The embedded default: sized for ~20 minutes on 2 CPU cores (see docs/demo.md for the sweep behind it).
+DEFAULTS: dict[str, Any] = {
+    "scenes": 480,
+    "res": 64,
+    "samples": 16,
+    "objects": "2-3",
+    "num_objects": 3,
+    "steps": 5000,
+    "batch_size": 8,
+    "lr": 1e-3,
+    "object_weight": 10.0,
+    "codec_factor": 8,
+    "depth": True,
+    "slot_matching": True,
+    "eval_scenes": 24,
+    "sampling_steps": 20,
+    "guidance_scale": 1.0,
+    "workers": 2,
+    "seed": 0,
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("demo", help="render, train, infer, evaluate and report on one machine")
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
+    p.add_argument("--scenes", type=int, default=DEFAULTS["scenes"], help="scenes to render")
+    p.add_argument("--res", type=int, default=DEFAULTS["res"], help="render and model resolution")
+    p.add_argument("--samples", type=int, default=DEFAULTS["samples"], help="Cycles samples per pixel")
+    p.add_argument("--objects", default=DEFAULTS["objects"], help="objects per scene, MIN-MAX")
+    p.add_argument("--num-objects", type=int, default=DEFAULTS["num_objects"], help="model object slots K")
+    p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="training steps")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--object-weight", type=float, default=DEFAULTS["object_weight"],
+                   help="loss weight 1+W under objects (see `cobl train --help`)")
+    p.add_argument("--codec-factor", type=int, default=DEFAULTS["codec_factor"],
+                   help="space-to-depth factor of the tiny model's pixel codec")
+    p.add_argument("--no-depth", dest="depth", action="store_false",
+                   help="condition the model on the photo alone (default: photo + the renderer's depth)")
+    p.add_argument("--no-slot-matching", dest="slot_matching", action="store_false",
+                   help="score each scene against the data's slot order only (see `cobl train --help`)")
+    p.add_argument("--eval-scenes", type=int, default=DEFAULTS["eval_scenes"], help="scenes per evaluation")
+    p.add_argument("--sampling-steps", type=int, default=DEFAULTS["sampling_steps"], help="sampler steps")
+    p.add_argument("--guidance-scale", type=float, default=DEFAULTS["guidance_scale"])
+    p.add_argument("--workers", type=int, default=DEFAULTS["workers"], help="Blender workers")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument(
+        "--gpu-scale",
+        action="store_true",
+        help="the paper-sized profile for GPU machines: sd config, 512², bf16, ~2250 training scenes "
+        "(needs --pretrained); see docs/demo.md",
+    )
+    p.add_argument("--pretrained", default=None, help="local diffusers Stable Diffusion folder (--gpu-scale)")
+    p.set_defaults(func=run_demo)
+
+
+def gpu_scale_profile(args: argparse.Namespace) -> None:
+    """Overwrite the CPU defaults with the paper-sized profile (documented in docs/demo.md)."""
+    if not args.pretrained:
+        raise UserError("--gpu-scale: needs --pretrained PATH (a local diffusers Stable Diffusion folder)")
+    args.scenes, args.res, args.samples, args.objects, args.num_objects = 2500, 512, 64, "2-6", 6
+    args.steps, args.batch_size, args.lr, args.eval_scenes, args.sampling_steps = 20000, 2, 1e-4, 100, 20
+    args.object_weight = 0.0
+    args.workers = max(args.workers, 8)
+
+
+class Stages:
+    """Done-markers keyed by the options a stage ran with."""
+
+    def __init__(self, out: Path) -> None:
+        self.dir = out / ".stages"
+
+    def done(self, name: str, options: dict[str, Any]) -> bool:
+        marker = self.dir / f"{name}.json"
+        return marker.is_file() and json.loads(marker.read_text()).get("options") == options
+
+    def mark(self, name: str, options: dict[str, Any], seconds: float) -> None:
+        payload = {"options": options, "seconds": round(seconds, 1)}
+        write_text_atomic(self.dir / f"{name}.json", json.dumps(payload, indent=2, sort_keys=True))
+
+    def seconds(self, name: str) -> float | None:
+        marker = self.dir / f"{name}.json"
+        return json.loads(marker.read_text())["seconds"] if marker.is_file() else None
+
+
+def write_model_config(out: Path, args: argparse.Namespace) -> Path:
+    """The tiny variant the sweep chose (docs/demo.md): a coarser pixel codec, the photo skip and the depth
+    condition."""
+    from cobl.model.configs import sd_config, tiny_config
+
+    if args.gpu_scale:  # the paper's design: frozen SD, conditioned on the photo and depth
+        config = sd_config(args.num_objects, args.res).replace(depth_condition=args.depth)
+    else:
+        config = tiny_config(num_objects=args.num_objects, resolution=args.res).replace(
+            space_to_depth_factor=args.codec_factor, photo_skip=True, depth_condition=args.depth
+        )
+    path = out / "model_config.json"
+    write_text_atomic(path, config.to_json())
+    return path
+
+
+def _cli(argv: list[str]) -> None:
+    """Run one stage as the ``cobl`` command a user would type (printed, so every stage can be rerun)."""
+    from cobl.app import cli_infer, cli_synth, cli_train
+
+    print(f"\n$ cobl {' '.join(argv)}", flush=True)
+    code = run_cli(argv, (cli_synth, cli_train, cli_infer))
+    if code != 0:
+        raise UserError(f"demo stopped: `cobl {' '.join(argv)}` exited with {code}")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    if args.gpu_scale:
+        gpu_scale_profile(args)
+    _check(args)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    data, run = out / "data", out / "run"
+    stages = Stages(out)
+    model_config = write_model_config(out, args)
+    sampling = [
+        "--steps", str(args.sampling_steps), "--guidance-scale", str(args.guidance_scale),
+        "--seed", str(args.seed), "--limit", str(args.eval_scenes),
+    ]  # fmt: skip
+    plan: list[tuple[str, dict[str, Any], list[list[str]]]] = [
+        (
+            "data",
+            {k: getattr(args, k) for k in ("scenes", "res", "samples", "objects", "seed")},
+            [[
+                "synth", "run", "--out", str(data), "--scenes", str(args.scenes), "--res", str(args.res),
+                "--samples", str(args.samples), "--seed", str(args.seed), "--workers", str(args.workers),
+                "--split", "train=0.9,val=0.02,test=0.08", "--shard-size", "100",
+                "--min-objects", args.objects.split("-")[0], "--max-objects", args.objects.split("-")[1],
+            ]],
+        ),
+        ("publish", {}, [["synth", "verify", str(data)], ["synth", "publish", str(data)]]),
+        (
+            "train",
+            {
+                k: getattr(args, k)
+                for k in ("num_objects", "steps", "batch_size", "lr", "res", "seed", "object_weight",
+                          "codec_factor", "depth", "slot_matching")
+            },
+            [[
+                "train", "--data", str(data / "shards" / "train-*.tar"), "--out", str(run),
+                "--config", str(model_config),
+                "--num-objects", str(args.num_objects), "--object-weight", str(args.object_weight),
+                "--resolution", str(args.res), "--max-steps", str(args.steps),
+                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed),
+                "--checkpoint-every", str(max(100, args.steps // 10)),
+                *(["--slot-matching"] if args.slot_matching else []),
+                *(["--resume", "latest"] if any((run / "checkpoints").glob("step-*")) else []),
+                *(["--pretrained", args.pretrained, "--mixed-precision", "bf16"] if args.gpu_scale else []),
+            ]],
+        ),
+        (
+            "eval",
+            {k: getattr(args, k) for k in ("eval_scenes", "sampling_steps", "guidance_scale", "seed")},
+            [
+                ["eval", "--model", str(run), "--data", str(data / "shards" / "test-*.tar"),
+                 "--out", str(out / "metrics_test.json"), *sampling],
+                ["eval", "--model", str(run), "--data", str(data / "shards" / "train-*.tar"),
+                 "--out", str(out / "metrics_train.json"), "--no-unguided", *sampling],
+            ],
+        ),
+    ]  # fmt: skip
+    started = time.perf_counter()
+    upstream: dict[str, Any] = {}
+    for name, own_options, commands in plan:
+        # A stage is redone when its own options or any earlier stage's options changed.
+        upstream = options = {**upstream, **own_options}
+        if stages.done(name, options):
+            print(f"cobl demo: stage {name} already done with these options, skipped")
+            continue
+        t0 = time.perf_counter()
+        for argv in commands:
+            _cli(argv)
+        stages.mark(name, options, time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    from cobl.app.demo_report import build_report
+
+    report = build_report(out, args, {s: stages.seconds(s) for s in STAGES})
+    stages.mark("report", {}, time.perf_counter() - t0)
+    print(f"\ncobl demo: done in {time.perf_counter() - started:.0f} s -> {report}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> None:
+    parts = args.objects.split("-")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 1 <= int(parts[0]) <= int(parts[1]):
+        raise UserError(f"--objects: expected MIN-MAX with 1 <= MIN <= MAX, got {args.objects!r}")
+    if int(parts[1]) > args.num_objects:
+        raise UserError(f"--objects: MAX {parts[1]} exceeds --num-objects {args.num_objects}")
+    for name in ("scenes", "res", "steps", "batch_size", "eval_scenes", "sampling_steps", "workers",
+                 "codec_factor"):
+        if getattr(args, name) < 1:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag}: expected a positive integer, got {getattr(args, name)}")

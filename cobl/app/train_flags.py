@@ -1,0 +1,84 @@
+"""``cobl train`` flags: one argparse definition derived from TrainOptions, and the way back to an argv
+(for launchers that re-run the training process)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from train.options import TrainOptions
+
+HELP = {
+    "data": "shards: webdataset brace pattern and/or glob, e.g. 'DIR/shards/train-{000000..000009}.tar'",
+    "out": "run directory (checkpoints/, logs/, metrics.jsonl, final/)",
+    "config": "model config: tiny | sd | a config .json",
+    "pretrained": "local diffusers Stable Diffusion folder (unet/, vae/, scheduler/) for --config sd",
+    "vae": "AutoencoderKL folder from `cobl train-vae` (tiny config with a fitted VAE codec)",
+    "num_objects": "K object slots (default: tiny 4, sd 6)",
+    "resolution": "training image size (default: the config's)",
+    "prediction_type": "epsilon | sample | v_prediction (default: the config's)",
+    "batch_size": "scenes per process per micro-step",
+    "gradient_accumulation_steps": "micro-steps per optimizer step",
+    "mixed_precision": "no | fp16 | bf16",
+    "ema": "keep an EMA of the trained weights; the export uses it",
+    "snr_gamma": "min-SNR loss weighting gamma (e.g. 5)",
+    "object_weight": "weigh the loss under objects by 1 + W (objects are a few per cent of the pixels)",
+    "slot_matching": "score each scene against its closest interchangeable slot order (objects whose "
+    "layers do not overlap may swap slots) instead of the data's depth tie-break",
+    "hidden_weight": "weigh the loss where an object is hidden behind another (its amodal minus visible "
+    "part) by a further + W: the pixels that amodal completion is about",
+    "cond_dropout": "probability of dropping the photo condition (for guidance-free sampling)",
+    "checkpoint_every": "save a resumable checkpoint every N optimizer steps",
+    "resume": "'latest' or a checkpoint directory",
+    "validate_every": "log validation images every N steps (0 = never)",
+    "num_workers": "DataLoader workers per process",
+    "progress": "show a progress bar",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(TrainOptions):
+        flag = "--" + f.name.replace("_", "-")
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        help_text = HELP.get(f.name)
+        if f.name == "progress":
+            parser.add_argument(
+                "--no-progress", dest="progress", action="store_false", help="no progress bar"
+            )
+        elif kind == "bool":
+            parser.add_argument(flag, action="store_true", help=help_text)
+        elif f.name == "resume":
+            parser.add_argument(flag, nargs="?", const="latest", default=None, help=help_text)
+        else:
+            conv = float if "float" in kind else int if "int" in kind else str
+            required = f.default is dataclasses.MISSING
+            parser.add_argument(
+                flag, type=conv, required=required, default=None if required else f.default, help=help_text
+            )
+    parser.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        help="local processes (DDP via torch.distributed.run; gloo on CPU, nccl on GPU)",
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> TrainOptions:
+    return TrainOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions)})
+
+
+def options_to_argv(opts: TrainOptions) -> list[str]:
+    """The argv that ``add_arguments`` parses back into ``opts``."""
+    argv: list[str] = []
+    for f in dataclasses.fields(TrainOptions):
+        value = getattr(opts, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "progress":
+            if not value:
+                argv.append("--no-progress")
+        elif isinstance(value, bool):
+            if value:
+                argv.append(flag)
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv

@@ -1,0 +1,75 @@
+"""The depth condition: per-image relative inverse depth in [0, 1], 1 = nearest, 0 = farthest or no hit.
+
+The authors condition CObL on a depth map as well as the photo (a depth adapter fed by a monocular
+estimator). Depth is the cue that says which of two touching objects is in front and where an object ends
+and the table begins, which a small model otherwise has to infer from shading alone. Relative inverse depth
+is what monocular estimators (MiDaS, Depth Anything) output, so a model trained on the renderer's depth
+normalised this way can take such an estimate for a real photo; metric scale is deliberately thrown away.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cobl.core.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+
+def _min_max(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``values [..., H, W]`` scaled per image so its ``valid`` pixels span [0, 1]; invalid pixels -> 0."""
+    flat, ok = values.flatten(-2), valid.flatten(-2)
+    any_ok = ok.any(-1)
+    low = torch.where(any_ok, torch.where(ok, flat, torch.inf).amin(-1), 0.0)[..., None, None]
+    high = torch.where(any_ok, torch.where(ok, flat, -torch.inf).amax(-1), 0.0)[..., None, None]
+    scaled = ((values - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
+    return torch.where(valid, scaled, torch.zeros_like(values))
+
+
+def relative_disparity(depth: torch.Tensor) -> torch.Tensor:
+    """``depth [..., H, W]`` in metres (0 = no hit) -> inverse depth min-max scaled per image to [0, 1]."""
+    depth = depth.float()
+    hit = depth > 0
+    return _min_max(1 / depth.clamp_min(1e-6), hit)
+
+
+def normalise_relative(disparity: torch.Tensor) -> torch.Tensor:
+    """An estimator's relative inverse depth (any range, larger = nearer) min-max scaled to [0, 1]."""
+    disparity = disparity.float()
+    return _min_max(disparity, torch.ones_like(disparity, dtype=torch.bool))
+
+
+def depth_from_npy_bytes(data: bytes) -> torch.Tensor:
+    """A dataset ``depth.npy`` member (float32 [H, W] metres, 0 = no hit) -> relative disparity [H, W]."""
+    array = np.load(io.BytesIO(data), allow_pickle=False)
+    if array.ndim != 2:
+        raise ValueError(f"depth.npy: expected a [H, W] array, got shape {array.shape}")
+    return relative_disparity(torch.from_numpy(np.asarray(array, np.float32)))
+
+
+def load_depth_file(path: str | Path) -> torch.Tensor:
+    """A user's depth map -> relative disparity ``[H, W]``.
+
+    ``.npy``: metric depth in metres, 0 = unknown (the dataset's own format). An image: an estimator's
+    relative inverse depth, brighter = nearer (what Depth Anything / MiDaS write), any bit depth.
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            return depth_from_npy_bytes(path.read_bytes())
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                grey = np.asarray(im.convert("I;16") if im.mode.startswith("I") else im.convert("L"))
+            return normalise_relative(torch.from_numpy(grey.astype(np.float32)))
+    except (OSError, ValueError) as err:
+        raise UserError(f"--depth {path}: cannot read a depth map ({err})") from None
+    raise UserError(
+        f"--depth {path}: expected a .npy depth in metres or an image of relative inverse depth "
+        f"({', '.join(IMAGE_SUFFIXES)})"
+    )

@@ -1,0 +1,340 @@
+"""The dataset job's Ray driver: render the planned scenes (synth.dataset.plan) on Ray actors, write shards.
+
+Fault tolerance: a shard is the unit of work. It is written under a temporary name, renamed when all its
+scenes are in, and only then recorded (with its sha256) in the atomically rewritten manifest. A restarted job
+keeps the recorded shards whose bytes still hash right and redoes everything else. Renders go through
+long-lived Ray actors (bpy starts once per actor) with ``max_restarts``/``max_task_retries``, so a worker
+killed mid-render is restarted and its scenes retried; anything Ray gives up on is resubmitted here a bounded
+number of times.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cobl.core.errors import UserError
+from synth.dataset import shards as shardlib
+from synth.dataset.manifest import SHARDS_DIR, Manifest, ShardRecord, check_shard, load_if_present
+from synth.dataset.plan import GenerationConfig, ShardPlan, scene_id
+
+# ----------------------------------------------------------------------------------------------------
+# progress
+
+
+class Progress:
+    """One log line every ``interval`` seconds: done/total, rate, ETA, failures.
+
+    Hand-written rather than a tqdm bar because the job mostly runs with its output in a log file (a Ray
+    job, a cluster head), where carriage-return bars are unreadable.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        done: int,
+        total_shards: int,
+        done_shards: int,
+        log: Callable[[str], None],
+        interval: float = 5.0,
+    ):
+        self.total, self.done, self.start_done = total, done, done
+        self.total_shards, self.done_shards = total_shards, done_shards
+        self.failures = 0
+        self.log, self.interval = log, interval
+        self.t0 = time.monotonic()
+        self.last = -math.inf
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.t0
+        return (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+
+    def line(self) -> str:
+        rate = self.rate
+        remaining = self.total - self.done
+        eta = _fmt_seconds(remaining / rate) if rate > 0 else "?"
+        return (
+            f"[synth] {self.done}/{self.total} scenes ({100.0 * self.done / max(self.total, 1):.1f}%), "
+            f"{rate:.2f} scenes/s, ETA {eta}, failures {self.failures}, "
+            f"shards {self.done_shards}/{self.total_shards}"
+        )
+
+    def tick(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= self.interval:
+            self.last = now
+            self.log(self.line())
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+# ----------------------------------------------------------------------------------------------------
+# resume
+
+
+def prepare_output(
+    out: Path, config: GenerationConfig, log: Callable[[str], None]
+) -> tuple[Manifest, list[ShardPlan]]:
+    """Load or create the manifest; keep verified shards, delete everything else; return the shards to do."""
+    shard_dir = out / SHARDS_DIR
+    manifest = load_if_present(out)
+    if manifest is None:
+        if shard_dir.is_dir() and any(shard_dir.iterdir()):
+            raise UserError(f"{out}: has {SHARDS_DIR}/ but no manifest.json; not a resumable cobl dataset")
+        manifest = Manifest(config=config.to_dict())
+    elif manifest.config != config.to_dict():
+        diff = sorted(
+            k
+            for k in set(manifest.config) | set(config.to_dict())
+            if manifest.config.get(k) != config.to_dict().get(k)
+        )
+        raise UserError(
+            f"{out}/manifest.json: generation config differs in {diff}; "
+            "resume with the same options or use a new --out"
+        )
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    plans = config.plan()
+    planned = {p.name for p in plans}
+    todo: list[ShardPlan] = []
+    for plan in plans:
+        rec = manifest.shards.get(plan.name)
+        if rec is not None:
+            why = check_shard(shard_dir / plan.name, rec)
+            if why is None:
+                continue
+            log(f"[synth] redoing {plan.name}: {why}")
+            del manifest.shards[plan.name]
+        todo.append(plan)
+    for name in set(manifest.shards) - planned:  # cannot happen with an equal config; be strict anyway
+        del manifest.shards[name]
+    todo_names = {p.name for p in todo}
+    for path in shard_dir.iterdir():
+        # temp files of killed writes, and finished-but-unrecorded shards (killed between rename and record)
+        if path.name.endswith(".tmp") or path.name in todo_names:
+            path.unlink()
+    manifest.complete = not todo
+    manifest.save(out)
+    return manifest, todo
+
+
+# ----------------------------------------------------------------------------------------------------
+# the Ray driver
+
+
+@dataclass
+class Summary:
+    scenes_total: int
+    scenes_rendered: int
+    shards_total: int
+    shards_written: int
+    shards_kept: int
+    failures: int
+    worker_restarts: int
+    seconds: float
+
+    def line(self) -> str:
+        rate = self.scenes_rendered / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"[synth] done: {self.scenes_total} scenes in {self.shards_total} shards "
+            f"({self.shards_written} written, {self.shards_kept} kept from before); rendered "
+            f"{self.scenes_rendered} scenes in {_fmt_seconds(self.seconds)} ({rate:.2f} scenes/s); "
+            f"failures {self.failures}, worker restarts {self.worker_restarts}"
+        )
+
+
+class GenerationError(RuntimeError):
+    pass
+
+
+def ensure_ray(workers: int, address: str | None) -> bool:
+    """Join ``address``, reuse an already initialised Ray, or start a private local instance.
+
+    Returns True when this call connected, so the caller disconnects again (a job run in-process, e.g. by
+    ``cobl demo``, must not leave its private Ray instance behind for whatever runs next)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # address="local" always starts a fresh instance, never attaching to someone else's cluster.
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=True)
+    return True
+
+
+def run_generation(
+    out: str | os.PathLike,
+    config: GenerationConfig,
+    *,
+    workers: int = 1,
+    address: str | None = None,
+    retries: int = 3,
+    log: Callable[[str], None] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    progress_interval: float = 5.0,
+    worker_resource: str | None = None,
+    threads_per_worker: int | None = None,
+) -> Summary:
+    """Render every scene of ``config`` not yet in a verified shard under ``out``; return a summary.
+
+    ``threads_per_worker``: Cycles threads of each actor; by default 1 when there are several workers (one
+    per core) and all cores for a single worker.
+
+    ``on_result`` sees each scene's result (index, key, pid, seconds, rss_mb) as it arrives (tests use it).
+    ``worker_resource`` names a custom Ray resource the actors each take one unit of (``render`` on the
+    cluster of ray_cluster.yaml), which keeps Blender off the GPU training nodes.
+    """
+    import ray
+
+    from synth.dataset.worker import RenderWorker
+
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    if workers < 1:
+        raise UserError(f"--workers: {workers} should be >= 1")
+    if retries < 0:
+        raise UserError(f"--retries: {retries} should be >= 0")
+    out = Path(out)
+    t0 = time.monotonic()
+    manifest, todo = prepare_output(out, config, log)
+    plans = config.plan()
+    done_scenes = sum(len(p.scenes) for p in plans) - sum(len(p.scenes) for p in todo)
+    progress = Progress(
+        config.num_scenes, done_scenes, len(plans), len(plans) - len(todo), log, progress_interval
+    )
+    summary = Summary(config.num_scenes, 0, len(plans), 0, len(plans) - len(todo), 0, 0, 0.0)
+    if not todo:
+        log(f"[synth] {out}: all {len(plans)} shards present and verified; nothing to do")
+        summary.seconds = time.monotonic() - t0
+        return summary
+    log(
+        f"[synth] {out}: {len(todo)} of {len(plans)} shards to render "
+        f"({config.num_scenes - done_scenes} scenes) on {workers} worker(s)"
+    )
+
+    connected_here = ensure_ray(workers, address)
+    progress.t0 = time.monotonic()  # the rate (and ETA) counts rendering time, not Ray's start-up
+    resources = {worker_resource: 1} if worker_resource else None
+    actor_cls = ray.remote(RenderWorker).options(
+        num_cpus=1, resources=resources, max_restarts=-1, max_task_retries=retries, max_concurrency=1
+    )
+    threads = threads_per_worker if threads_per_worker is not None else (1 if workers > 1 else 0)
+    cfg_dict = config.to_dict()
+    actors = [actor_cls.remote(cfg_dict, threads) for _ in range(workers)]
+    last_pid: dict[int, int] = {}
+
+    queue = [(i, p) for p in todo for i in p.scenes]  # shard order, so few shards are open at once
+    queue.reverse()
+    shard_of = {i: p for p in todo for i in p.scenes}
+    buffers: dict[str, dict[int, tuple[str, dict[str, bytes]]]] = {p.name: {} for p in todo}
+    attempts: dict[int, int] = {}
+    inflight: dict[Any, tuple[int, int, Any]] = {}  # future -> (scene index, actor slot, actor)
+    load = [0] * workers
+    per_actor = 2  # one rendering, one queued, so an actor never waits on the driver
+
+    def submit() -> None:
+        while queue:
+            slot = min(range(workers), key=lambda s: load[s])
+            if load[slot] >= per_actor:
+                return
+            index, _ = queue.pop()
+            inflight[actors[slot].render.remote(index)] = (index, slot, actors[slot])
+            load[slot] += 1
+
+    try:
+        submit()
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=progress_interval)
+            if not ready:
+                progress.tick()
+                continue
+            fut = ready[0]
+            index, slot, actor = inflight.pop(fut)
+            load[slot] -= 1
+            try:
+                result = ray.get(fut)
+            except (
+                ray.exceptions.RayActorError,
+                ray.exceptions.RayTaskError,
+                ray.exceptions.WorkerCrashedError,
+            ) as err:
+                progress.failures += 1
+                summary.failures += 1
+                attempts[index] = attempts.get(index, 0) + 1
+                log(
+                    f"[synth] scene {scene_id(index)} failed (attempt {attempts[index]}): "
+                    f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+                )
+                if attempts[index] > retries:
+                    raise GenerationError(
+                        f"scene {scene_id(index)} failed {attempts[index]} times; "
+                        f"{summary.shards_written} shards written this run are kept"
+                    ) from err
+                if isinstance(err, ray.exceptions.RayActorError) and actors[slot] is actor:
+                    ray.kill(actor)  # Ray gave up on it: replace it (once, not per failed call)
+                    actors[slot] = actor_cls.remote(cfg_dict, threads)
+                queue.append((index, shard_of[index]))
+                submit()
+                continue
+            pid = result["pid"]
+            if slot in last_pid and last_pid[slot] != pid:
+                summary.worker_restarts += 1
+                progress.failures += 1
+                log(
+                    f"[synth] worker {slot} restarted (pid {last_pid[slot]} -> {pid}); Ray retried its scenes"
+                )
+            last_pid[slot] = pid
+            if on_result is not None:
+                on_result({k: v for k, v in result.items() if k != "members"})
+            plan = shard_of[index]
+            buffers[plan.name][index] = (result["key"], result["members"])
+            summary.scenes_rendered += 1
+            progress.done += 1
+            submit()
+            if len(buffers[plan.name]) == len(plan.scenes):
+                _finish_shard(out, manifest, plan, buffers.pop(plan.name))
+                summary.shards_written += 1
+                progress.done_shards += 1
+                progress.tick(force=True)
+            else:
+                progress.tick()
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if connected_here:
+            ray.shutdown()
+    manifest.complete = len(manifest.shards) == len(plans)
+    manifest.save(out)
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def _finish_shard(
+    out: Path, manifest: Manifest, plan: ShardPlan, samples: dict[int, tuple[str, dict[str, bytes]]]
+) -> None:
+    ordered = [samples[i] for i in plan.scenes]
+    count, size, digest = shardlib.write_shard(out / SHARDS_DIR / plan.name, ordered)
+    manifest.shards[plan.name] = ShardRecord(
+        name=plan.name,
+        split=plan.split,
+        index=plan.index,
+        num_samples=count,
+        bytes=size,
+        sha256=digest,
+        first_key=ordered[0][0],
+        last_key=ordered[-1][0],
+    )
+    manifest.save(out)

@@ -1,0 +1,89 @@
+"""The render worker: one long-lived Blender per process, so bpy's start-up is paid once, not once per scene.
+
+``RenderWorker`` is a plain class; the driver wraps it with ``ray.remote`` (with restarts and task retries).
+``render_sample`` is the whole per-scene job and is shared by the actor, the benchmark and one-off re-renders.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from cobl.core import schema
+from synth.dataset.plan import GenerationConfig, dataset_scene_spec, scene_id
+from synth.dataset.shards import pad_layers
+from synth.render.groundtruth import scene_json
+
+
+def render_sample(renderer: Any, config: GenerationConfig, index: int) -> dict[str, bytes]:
+    """Sample and render scene ``index``; return its shard members with ``config.layer_slots`` layer slots."""
+    # threads stay out of the spec (and so out of scene.json): the renderer pins them for its process
+    spec = dataset_scene_spec(config, index)
+    rendered = renderer.render(spec)
+    files = dict(rendered.files)
+    if schema.SCENE not in files:
+        files[schema.SCENE] = scene_json(spec, rendered.ground_truth)
+    return pad_layers(files, config.layer_slots)
+
+
+CACHED_MODULES = ("assets.shapes", "assets.meshes", "synth.scene.sampler", "synth.scene.geometry")
+
+
+def release_scene_caches() -> None:
+    """Empty the per-asset lru caches of the sampling/asset modules and collect garbage.
+
+    Procedural assets are drawn with fresh 32-bit seeds per scene, so nothing in those caches is reused by
+    the next scene; between scenes they only hold memory (tens of MB once full), which is what made a
+    long-lived worker's RSS creep. Clearing them keeps it flat (bench/bench_generate.py measures it).
+    """
+    import gc
+    import sys
+
+    for name in CACHED_MODULES:
+        module = sys.modules.get(name)
+        for value in vars(module).values() if module else ():
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()
+    gc.collect()
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MiB (from /proc; 0 where that does not exist)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
+
+
+class RenderWorker:
+    """Owns one BlenderRenderer for the life of the process; ``render(index)`` returns one scene's members."""
+
+    def __init__(self, config: dict[str, Any], threads: int = 0):
+        from synth.render.blender.renderer import BlenderRenderer
+
+        self.config = GenerationConfig.from_dict(config)
+        self.threads = threads
+        self.renderer = BlenderRenderer(threads=threads)
+        self.count = 0
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def render(self, index: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            members = render_sample(self.renderer, self.config, index)
+        finally:
+            release_scene_caches()
+        self.count += 1
+        return {
+            "index": index,
+            "key": scene_id(index),
+            "members": members,
+            "pid": os.getpid(),
+            "seconds": time.perf_counter() - t0,
+            "rss_mb": rss_mb(),
+            "count": self.count,
+        }

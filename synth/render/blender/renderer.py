@@ -1,0 +1,339 @@
+"""BlenderRenderer: a long-lived bpy session that turns a SceneSpec into a RenderedScene.
+
+Per scene: one full-frame render of the photo (with the Depth and Object Index passes); amodal object
+renders (only that object visible to the camera, transparent film); background renders (every object
+invisible to the camera only, so shadows stay). Every render uses the same seed, samples and colour
+management: the same camera samples are traced in each, so the layers recomposite and a pixel whose samples
+all hit the same thing in two renders is bit-identical in both. That is what keeps the ground truth cheap
+(bench/bench_groundtruth.py): object renders cover only the pixels the photo does not already determine
+(around the object's projected hull, minus where the photo shows only that object or only the table), and
+the background only the pixels some object covers; both as a few border renders (Cycles render border,
+cropped, without the compositor), rectangles chosen by ``groundtruth.cover_boxes``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+
+import bpy
+import numpy as np
+import trimesh
+
+from cobl.core.spec import RenderSettings, SceneSpec, object_to_world
+from synth.render import groundtruth
+from synth.render.blender import passes
+from synth.render.blender.scene_build import BuiltScene, build_scene, clear_scene
+from synth.render.scene_dir import RenderedScene
+
+__all__ = ["BlenderRenderer", "RenderedScene"]
+
+ENGINES = ("CYCLES", "BLENDER_EEVEE")
+BOX_MARGIN = 1  # px around a projected hull: the 1.5 px pixel filter puts samples <= 0.75 px from a centre
+RENDER_OVERHEAD_PX = 400.0  # see _overhead_px
+INTERIOR_ERODE = 2  # pixels of the visible area trusted to be the object's alone, see _known_from_photo
+DENOISE_REACH = 8  # pixels the denoiser's filter spreads an object's colour
+Box = tuple[int, int, int, int]
+
+
+def _default_mesh_provider(ref) -> trimesh.Trimesh:
+    from assets.shapes import build_mesh
+
+    return build_mesh(ref)
+
+
+class BlenderRenderer:
+    """Render SceneSpecs in this process's bpy. Create once per process (bpy state is global) and reuse.
+
+    ``threads`` > 0 pins Cycles to that many threads (Ray workers use 1). ``mesh_provider`` maps an
+    AssetRef to its trimesh (default ``assets.shapes.build_mesh``).
+    """
+
+    def __init__(self, threads: int = 0, mesh_provider: Callable | None = None, quiet: bool = True) -> None:
+        self.threads = int(threads)
+        self.mesh_provider = mesh_provider or _default_mesh_provider
+        self.quiet = quiet
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        self.scene = bpy.context.scene
+        self._pass_dir = tempfile.mkdtemp(prefix="cobl_blender_")
+        self._engine: str | None = None
+        self.last_timings: dict[str, float] = {}
+
+    def close(self) -> None:
+        clear_scene(self.scene)
+        shutil.rmtree(self._pass_dir, ignore_errors=True)
+
+    def __enter__(self) -> BlenderRenderer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- settings -------------------------------------------------------------------------------------------
+    def _configure(self, settings: RenderSettings) -> None:
+        if settings.engine not in ENGINES:
+            raise ValueError(f"render.engine {settings.engine!r}: expected one of {ENGINES}")
+        scene, render = self.scene, self.scene.render
+        render.engine = settings.engine
+        if settings.engine != self._engine:
+            passes.setup_compositor(scene, self._pass_dir)
+            passes.setup_render_result_format(scene)
+            self._engine = settings.engine
+        view = scene.view_settings
+        scene.display_settings.display_device = "sRGB"
+        view.view_transform = "Standard"
+        view.look = "None"
+        view.exposure = 0.0
+        view.gamma = 1.0
+        view.use_curve_mapping = False
+        render.dither_intensity = 0.0
+        render.use_persistent_data = True
+        threads = settings.threads or self.threads
+        render.threads_mode = "FIXED" if threads > 0 else "AUTO"
+        if threads > 0:
+            render.threads = threads
+        if settings.engine == "CYCLES":
+            cycles = scene.cycles
+            cycles.device = "CPU"
+            cycles.samples = int(settings.samples)
+            cycles.use_adaptive_sampling = False  # per-pixel sample counts would differ between passes
+            cycles.use_denoising = bool(settings.denoise)
+            cycles.seed = int(settings.seed)
+            cycles.use_animated_seed = False
+        else:
+            scene.eevee.taa_render_samples = int(settings.samples)
+
+    def _set_border(self, box: Box | None, crop: bool = False) -> None:
+        render = self.scene.render
+        if box is None:
+            _assign(render, "use_border", False)
+            return
+        width, height = render.resolution_x, render.resolution_y
+        x0, y0, x1, y1 = box
+        _assign(render, "use_border", True)
+        _assign(render, "use_crop_to_border", crop)  # False: full-size output, pixel (x, y) stays at (x, y)
+        # Blender truncates border * size to whole pixels in float32: a quarter pixel in keeps k/size at k.
+        render.border_min_x, render.border_max_x = (x0 + 0.25) / width, (x1 + 0.25) / width
+        render.border_min_y = (height - y1 + 0.25) / height
+        render.border_max_y = (height - y0 + 0.25) / height
+
+    def _render(self, box: Box | None, transparent: bool) -> dict[str, np.ndarray]:
+        """A render through the compositor: full-size rgba, depth and index passes."""
+        for path in os.listdir(self._pass_dir):
+            os.unlink(os.path.join(self._pass_dir, path))
+        self._set_border(box)
+        render = self.scene.render
+        _assign(render, "film_transparent", transparent)
+        _assign(render, "use_compositing", True)
+        with _quiet_stdout(self.quiet):
+            bpy.ops.render.render(write_still=False)
+        return passes.read_passes(self._pass_dir, render.resolution_y, render.resolution_x)
+
+    def _render_rgba(self, box: Box, transparent: bool) -> np.ndarray:
+        """Only the combined RGBA inside ``box`` ([y1 - y0, x1 - x0, 4]), without the compositor."""
+        self._set_border(box, crop=True)
+        render = self.scene.render
+        _assign(render, "film_transparent", transparent)
+        _assign(render, "use_compositing", False)
+        with _quiet_stdout(self.quiet):
+            bpy.ops.render.render(write_still=False)
+        rgba = passes.read_render_result(self.scene, os.path.join(self._pass_dir, "result.exr"))
+        x0, y0, x1, y1 = box
+        if rgba.shape[:2] != (y1 - y0, x1 - x0):
+            raise RuntimeError(f"border render of {box} came back {rgba.shape[1]}x{rgba.shape[0]}")
+        return rgba
+
+    # -- one scene ------------------------------------------------------------------------------------------
+    def render(self, spec: SceneSpec) -> RenderedScene:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        meshes = [self.mesh_provider(o.asset) for o in spec.objects]
+        clear_scene(self.scene)
+        self._configure(spec.render)
+        built = build_scene(spec, meshes, self.scene)
+        width, height = spec.camera.width, spec.camera.height
+        timings["build"] = time.perf_counter() - t0
+
+        t = time.perf_counter()
+        _camera_visible(built, table=True, objects=set(range(len(built.objects))))
+        photo = self._render(None, transparent=False)
+        timings["photo"] = time.perf_counter() - t
+
+        t = time.perf_counter()  # everything from here on is ground truth only
+        regions = _projected_regions(spec, meshes)
+        object_renders = [np.zeros((height, width, 4), np.float32) for _ in spec.objects]
+        layer_renders = 0
+        for i, region in enumerate(regions):
+            known = _known_from_photo(photo, spec, i)
+            if known is not None:
+                interior, empty = known
+                object_renders[i][interior] = photo["rgba"][interior]
+                region = region & ~interior & ~empty
+            layer_boxes = groundtruth.cover_boxes(region, _overhead_px(spec))
+            if layer_boxes:
+                _camera_visible(built, table=False, objects={i})
+            for x0, y0, x1, y1 in layer_boxes:
+                object_renders[i][y0:y1, x0:x1] = self._render_rgba((x0, y0, x1, y1), transparent=True)
+            layer_renders += len(layer_boxes)
+        timings["layers"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        background = photo["rgba"].copy()
+        bg_boxes = groundtruth.cover_boxes(
+            _background_needed(object_renders, spec.render, (height, width)), _overhead_px(spec)
+        )
+        if bg_boxes:
+            _camera_visible(built, table=True, objects=set())
+        for box in bg_boxes:
+            x0, y0, x1, y1 = box
+            background[y0:y1, x0:x1] = self._render_rgba(box, transparent=False)
+        timings["background"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        info = {
+            "engine": spec.render.engine,
+            "samples": spec.render.samples,
+            "denoise": spec.render.denoise,
+            "seed": spec.render.seed,
+            "view_transform": "Standard",
+            "look": "None",
+            "exposure": 0.0,
+            "gamma": 1.0,
+            "blender": bpy.app.version_string,
+            "layer_renders": layer_renders,
+            "boxes": [groundtruth.mask_box(r) for r in regions],
+            "background_renders": len(bg_boxes),
+        }
+        index_pass, depth_pass = photo.get("index"), photo["depth"]
+        if spec.render.engine != "CYCLES":
+            index_pass = self._workbench_ids(built, spec.render)
+        result = groundtruth.assemble(
+            spec, photo["rgba"], background, object_renders, index_pass, depth_pass, info
+        )
+        timings["assemble"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        self.last_timings = timings
+        return result
+
+    def _workbench_ids(self, built: BuiltScene, settings: RenderSettings) -> np.ndarray:
+        """EEVEE has no Object Index pass: an exact flat-colour Workbench render carries pass_index / 255."""
+        scene = self.scene
+        _camera_visible(built, table=True, objects=set(range(len(built.objects))))
+        scene.render.engine = "BLENDER_WORKBENCH"
+        shading = scene.display.shading
+        shading.light = "FLAT"
+        shading.color_type = "OBJECT"
+        scene.display.render_aa = "OFF"
+        scene.view_settings.view_transform = "Raw"
+        built.table.color = (0.0, 0.0, 0.0, 1.0)
+        for obj in built.objects:
+            obj.color = (obj.pass_index / 255.0, 0.0, 0.0, 1.0)
+        try:
+            rgba = self._render(None, transparent=False)["rgba"]
+        finally:
+            self._engine = None  # re-wire the compositor for the next scene's engine
+            self._configure(settings)
+        return np.rint(rgba[..., 0] * 255.0)
+
+
+def _known_from_photo(
+    photo: dict[str, np.ndarray], spec: SceneSpec, i: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(interior, empty): pixels where object ``i``'s amodal render is known from the photo without
+    rendering it. Interior: every camera sample hits the object first, so its render is the photo's pixel
+    (alpha 1). Empty: every sample hits the table or nothing; the object rests above the table and the
+    camera looks down on it, so no such ray can reach the object and its render is transparent there.
+
+    Cycles traces the same camera samples (same seed) in every render, and visibility to the camera changes
+    only what camera rays hit, so the renders agree bit for bit there. The Object Index pass records one
+    jittered sample per pixel (within 0.75 px of its centre for the default 1.5 px filter): a pixel whose
+    whole 5x5 neighbourhood shows the same index has all its samples well inside that area, unless a
+    sub-pixel sliver of something else crosses it (3x3 is not enough: a neighbour's sample can fall on
+    this pixel's side of an edge). Checked bit-exact against full renders in tests/test_render.py. Only for
+    Cycles without denoising (None otherwise).
+    """
+    from scipy import ndimage
+
+    if spec.render.engine != "CYCLES" or spec.render.denoise or any(o.pass_index <= 0 for o in spec.objects):
+        return None
+    index = np.rint(photo["index"])
+    cross = np.ones((3, 3), dtype=bool)
+    interior = ndimage.binary_erosion(index == spec.objects[i].pass_index, cross, iterations=INTERIOR_ERODE)
+    empty = ndimage.binary_erosion(index == 0, cross, iterations=INTERIOR_ERODE)
+    return interior, empty
+
+
+def _overhead_px(spec: SceneSpec) -> float:
+    """The fixed cost of one compositor-free border render in pixels' worth of path tracing (measured 4-25
+    ms a call at 16 spp on 2 busy cores, where a 256^2 frame takes 1-4 s; the per-pixel cost grows with
+    the sample count). The ratio in bench/bench_groundtruth.py barely moves between 100 and 1200."""
+    return RENDER_OVERHEAD_PX * 16.0 / max(1, spec.render.samples)
+
+
+def _background_needed(
+    object_renders: list[np.ndarray], settings: RenderSettings, shape: tuple[int, int]
+) -> np.ndarray:
+    """Where the background must be rendered: under every object's amodal coverage (alpha > 0). Elsewhere
+    no camera sample hits an object, so the background equals the photo (same seed, same samples). The
+    denoiser (and EEVEE's screen-space effects) spread objects into nearby pixels: then grow the region."""
+    needed = np.zeros(shape, dtype=bool)
+    for rgba in object_renders:
+        needed |= rgba[..., 3] > 0
+    if settings.denoise or settings.engine != "CYCLES":
+        from scipy import ndimage
+
+        needed = ndimage.binary_dilation(needed, iterations=DENOISE_REACH)
+    return needed
+
+
+def _camera_visible(built: BuiltScene, table: bool, objects: set[int]) -> None:
+    _assign(built.table, "visible_camera", table)
+    for i, obj in enumerate(built.objects):
+        _assign(obj, "visible_camera", i in objects)
+
+
+def _assign(owner, name: str, value) -> None:
+    """Set an RNA property only when it changes: every assignment, even of the same value, tags the scene
+    for a depsgraph update that costs a few ms before the next render (comparable to a small border)."""
+    if getattr(owner, name) != value:
+        setattr(owner, name, value)
+
+
+def _projected_regions(spec: SceneSpec, meshes: list[trimesh.Trimesh]) -> list[np.ndarray]:
+    """Per object, the [H, W] pixels its amodal render can touch: the convex hull of its projected vertices
+    grown by BOX_MARGIN (the whole frame for an object reaching behind the camera)."""
+    from synth.scene.geometry import NEAR, project_points
+
+    width, height = spec.camera.width, spec.camera.height
+    regions = []
+    for obj, mesh in zip(spec.objects, meshes, strict=True):
+        m = np.asarray(object_to_world(obj))
+        xy, depth = project_points(spec.camera, np.asarray(mesh.vertices) @ m[:3, :3].T + m[:3, 3])
+        if np.any(depth <= NEAR):
+            regions.append(np.ones((height, width), dtype=bool))
+        else:
+            regions.append(groundtruth.hull_mask(xy, width, height, BOX_MARGIN))
+    return regions
+
+
+@contextlib.contextmanager
+def _quiet_stdout(quiet: bool) -> Iterator[None]:
+    """Blender prints render progress on the C-level stdout; silence it during a render."""
+    if not quiet:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)

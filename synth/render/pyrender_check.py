@@ -1,0 +1,50 @@
+"""An independent rasteriser for the same SceneSpec (pyrender, OpenGL via EGL): per-object amodal masks and
+depth. Comparing them with Blender's layers catches camera, pose and scale convention errors."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import trimesh
+
+from cobl.core.spec import SceneSpec, object_to_world
+
+
+def render_amodal(
+    spec: SceneSpec, meshes: list[trimesh.Trimesh] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(masks [N, H, W] bool, depth [N, H, W] float32 view-axis metres, 0 = miss), each object alone.
+
+    ``meshes[i]`` is the asset-local mesh of ``spec.objects[i]`` (default ``assets.shapes.build_mesh``).
+    """
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    import pyrender
+
+    if meshes is None:
+        from assets.shapes import build_mesh
+
+        meshes = [build_mesh(o.asset) for o in spec.objects]
+    cam = spec.camera
+    (fx, _, cx), (_, fy, cy), _ = cam.intrinsics()
+    # pyrender's rasterised masks sit half a pixel higher than exact pixel-centre ray casts of the same K
+    # (synth.geometry.raycast_masks agrees with Blender; measured dy ~0.4 px, IoU 0.93 -> 0.98 at 128^2 when
+    # corrected), so its principal point is moved down by half a pixel.
+    camera = pyrender.IntrinsicsCamera(fx=fx, fy=fy, cx=cx, cy=cy + 0.5, znear=0.01, zfar=100.0)
+    pose = np.asarray(cam.cam_to_world, dtype=np.float64)  # same OpenGL convention as the spec
+    renderer = pyrender.OffscreenRenderer(cam.width, cam.height)
+    try:
+        depths = np.zeros((len(spec.objects), cam.height, cam.width), dtype=np.float32)
+        for i, (obj, mesh) in enumerate(zip(spec.objects, meshes, strict=True)):
+            scene = pyrender.Scene()
+            scene.add(pyrender.Mesh.from_trimesh(mesh, smooth=False), pose=np.asarray(object_to_world(obj)))
+            scene.add(camera, pose=pose)
+            depths[i] = renderer.render(scene, flags=pyrender.RenderFlags.DEPTH_ONLY)
+    finally:
+        renderer.delete()
+    return depths > 0, depths
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
