@@ -91,7 +91,7 @@ def bench_rss(config, scenes: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=6, help="scenes per timing (default 6)")
-    parser.add_argument("--res", type=int, default=128)
+    parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--rss-scenes", type=int, default=200, help="0 skips the memory check")
     args = parser.parse_args()
@@ -101,7 +101,7 @@ def main() -> None:
 
     from synth.dataset.plan import make_config
 
-    def config(n: int, res: int = args.res, samples: int = args.samples):
+    def config(n: int, res: int = args.resolution, samples: int = args.samples):
         return make_config(n, seed=1, resolution=res, samples=samples, splits={"train": 1.0}, shard_size=n)
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -110,7 +110,8 @@ def main() -> None:
         print(
             f"persistent worker {pers:.3f} scenes/s ({pers_startup:.3f} counting its bpy start-up) | fresh "
             f"process per scene {fresh:.3f} scenes/s | ratio {pers / fresh:.2f}x "
-            f"({pers_startup / fresh:.2f}x with start-up) (target >= 3x) [{args.res}², {args.scenes} scenes]",
+            f"({pers_startup / fresh:.2f}x with start-up) (target >= 3x) "
+            f"[{args.resolution}², {args.scenes} scenes]",
             flush=True,
         )
         one, two, one_all_cores = bench_workers(config, 2 * args.scenes)

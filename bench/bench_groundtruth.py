@@ -1,6 +1,7 @@
 """Cost of the ground truth relative to the photo alone, and memory of a long-lived renderer.
 
-    python bench/bench_groundtruth.py [--res 256] [--samples 16] [--objects 6] [--scenes 3] [--repeats 2]
+    python bench/bench_groundtruth.py [--resolution 256] [--samples 16] [--objects 6] [--scenes 3]
+        [--repeats 2]
                                       [--rss-scenes 30]
 
 Prints, per scene and as the median, T(all ground truth: photo + layers + background + ids/depth + files)
@@ -26,7 +27,7 @@ def rss_mb() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--res", type=int, default=256)
+    parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--objects", type=int, default=6)
     parser.add_argument("--scenes", type=int, default=3)
@@ -41,8 +42,8 @@ def main() -> None:
 
     renderer = BlenderRenderer(threads=args.threads)
     config = SamplerConfig(
-        width=args.res,
-        height=args.res,
+        width=args.resolution,
+        height=args.resolution,
         samples=args.samples,
         min_objects=args.objects,
         max_objects=args.objects,
@@ -76,7 +77,8 @@ def main() -> None:
         + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in shares.items() if k != "photo")
     )
     print(
-        f"T(all ground truth)/T(composite alone) at {args.res}^2, {args.objects} objects, {args.samples}spp: "
+        f"T(all ground truth)/T(composite alone) at {args.resolution}^2, {args.objects} objects, "
+        f"{args.samples}spp: "
         f"median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}, "
         f"target <= 1.6); recomposition PSNR mean {statistics.mean(psnrs):.1f} dB"
     )

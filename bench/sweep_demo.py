@@ -102,7 +102,7 @@ def run_variant(name: str, data: Path, out: Path, steps: int, eval_scenes: int, 
         metrics = run / f"metrics_{split}.json"
         t0 = time.perf_counter()
         assert cobl(["eval", "--model", str(run / "run"), "--data", str(data / "shards" / f"{split}-*.tar"),
-                     "--limit", str(eval_scenes), "--steps", "20", "--out", str(metrics)]) == 0
+                     "--limit", str(eval_scenes), "--sampling-steps", "20", "--out", str(metrics)]) == 0
         row[f"eval_{split}_s"] = round(time.perf_counter() - t0, 1)
         summary = json.loads(metrics.read_text())["summary"]
         for method, s in summary.items():

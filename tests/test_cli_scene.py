@@ -18,7 +18,7 @@ def cli(monkeypatch):
 @pytest.mark.parametrize(
     "bad",
     [
-        ["--res", "0"],
+        ["--resolution", "0"],
         ["--objects", "5-2"],
         ["--objects", "two"],
         ["--engine", "FOO"],
@@ -49,7 +49,7 @@ def test_scene_writes_every_file_and_skips_a_corrupt_mesh(cli, tmp_path, capsys)
     code = cli(
         "--seed",
         1,
-        "--res",
+        "--resolution",
         48,
         "--samples",
         4,

@@ -11,8 +11,9 @@ from PIL import Image
 from cobl.app.cli import main
 from cobl.app.report import METRIC_COLUMNS, format_value
 
-MINI = ["--scenes", "16", "--res", "32", "--samples", "4", "--objects", "2-3", "--num-objects", "3",
-        "--steps", "4", "--batch-size", "2", "--eval-scenes", "2", "--sampling-steps", "2", "--workers", "1"]
+MINI = ["--scenes", "16", "--resolution", "32", "--samples", "4", "--objects", "2-3", "--num-objects", "3",
+        "--max-steps", "4", "--batch-size", "2", "--eval-scenes", "2", "--sampling-steps", "2",
+        "--workers", "1"]
 
 
 @pytest.fixture(scope="module")

@@ -115,7 +115,7 @@ def test_infer_and_eval_cli_with_a_depth_model(depth_parts, tmp_path, monkeypatc
     photo_u8 = np.round(scene["photo"].transpose(1, 2, 0) * 255).astype(np.uint8)
     Image.fromarray(photo_u8).save(tmp_path / "p.png")
     np.save(tmp_path / "p.npy", scene_depth(scene["ids"], 2))
-    common = ["--model", str(tmp_path / "run"), "--steps", "2"]
+    common = ["--model", str(tmp_path / "run"), "--sampling-steps", "2"]
     no_depth = ["infer", *common, "--image", str(tmp_path / "p.png"), "--out", str(tmp_path / "o1")]
     assert cobl.app.cli.main(no_depth) == 2
     assert "--depth" in capsys.readouterr().err

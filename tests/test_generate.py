@@ -171,7 +171,8 @@ COBL = [sys.executable, "-m", "cobl.app.cli"]
 
 
 def _cobl_run(out: Path, scenes: int) -> list[str]:
-    options = "--res 48 --samples 2 --seed 3 --split train=1 --shard-size 1 --max-objects 2 --min-objects 1"
+    options = "--resolution 48 --samples 2 --seed 3 --split train=1 --shard-size 1"
+    options += " --max-objects 2 --min-objects 1"
     options += " --workers 1 --progress-every 1"
     return [*COBL, "synth", "run", "--out", str(out), "--scenes", str(scenes), *options.split()]
 

@@ -19,7 +19,7 @@ from tests.shardmaker import make_scene, write_shard
 
 torch.set_num_threads(1)
 RES = 32
-FAST = ["--steps", "3", "--seed", "1"]
+FAST = ["--sampling-steps", "3", "--seed", "1"]
 
 # Renders one small Cycles scene through the renderer's Python interface, in its own process (bpy stays out of
 # the test process).
@@ -178,7 +178,8 @@ def test_bad_inputs_exit_2_with_one_line(workdir, cli, tmp_path, capsys, case):
         argv = ["eval", "--model", model, "--data", str(tmp_path / "none-*.tar")]
         fragments = ["--data"]
     else:
-        argv, fragments = ["infer", "--model", model, "--image", photo, "--steps", "0"], ["--steps"]
+        argv = ["infer", "--model", model, "--image", photo, "--sampling-steps", "0"]
+        fragments = ["--sampling-steps"]
     assert cli([*argv, "--out", str(out)]) == 2
     _one_error_line(capsys, *fragments)
     assert not out.exists()

@@ -290,7 +290,7 @@ def test_prepare_output_refuses_a_different_config(tmp_path: Path) -> None:
     ("kwargs", "match"),
     [
         ({"num_scenes": 0}, "--scenes"),
-        ({"resolution": 4}, "--res"),
+        ({"resolution": 4}, "--resolution"),
         ({"engine": "WORKBENCH"}, "--engine"),
         ({"sampler_overrides": {"max_objectz": 3}}, "max_objectz"),
         ({"sampler_overrides": {"min_objects": 4, "max_objects": 2}}, "min_objects"),

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", required=True, type=Path, help="dataset directory (created; resumed if it exists)"
     )
     p.add_argument("--scenes", required=True, type=int, help="number of scenes N")
-    p.add_argument("--res", type=int, default=128, help="square image size in pixels (default 128)")
+    p.add_argument("--resolution", type=int, default=128, help="square image size in pixels (default 128)")
     p.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel (default 16)")
     p.add_argument("--engine", default="CYCLES", help="CYCLES (default) or BLENDER_EEVEE")
     p.add_argument("--seed", type=int, default=0, help="dataset seed; scene i uses scene_seed(SEED, i)")
@@ -104,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
     config = make_config(
         args.scenes,
         seed=args.seed,
-        resolution=args.res,
+        resolution=args.resolution,
         samples=args.samples,
         engine=args.engine,
         splits=parse_splits(args.split),

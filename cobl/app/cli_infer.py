@@ -19,7 +19,7 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", required=True, help="run folder (uses RUN/final), export folder, or saved pipeline"
     )
-    p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
+    p.add_argument("--sampling-steps", type=int, default=50, help="sampler steps (default 50)")
     p.add_argument("--sampler", choices=("ddim", "dpm"), default="ddim", help="DDIM or DPM-Solver++")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="composite guidance strength, 0 = off")
     p.add_argument(
@@ -91,8 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    if args.steps < 1:
-        raise UserError(f"--steps: expected a positive integer, got {args.steps}")
+    if args.sampling_steps < 1:
+        raise UserError(f"--sampling-steps: expected a positive integer, got {args.sampling_steps}")
     if not args.guidance_scale >= 0:
         raise UserError(f"--guidance-scale: expected a number >= 0, got {args.guidance_scale}")
     if args.reorder_every < 0:
@@ -120,7 +120,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "num_inference_steps": args.steps,
+        "num_inference_steps": args.sampling_steps,
         "guidance_scale": args.guidance_scale,
         "guidance_schedule": args.guidance_schedule,
         "guidance_mode": args.guidance_mode,

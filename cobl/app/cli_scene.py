@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "scene", help="render one scene's photo, background, layers, ids, depth and scene.json"
     )
     p.add_argument("--seed", type=int, default=0, help="scene seed (with --scenes N: seeds SEED..SEED+N-1)")
-    p.add_argument("--res", type=int, default=256, help="square image size in pixels (default 256)")
+    p.add_argument("--resolution", type=int, default=256, help="square image size in pixels (default 256)")
     p.add_argument("--out", type=Path, required=True, help="output directory (replaced atomically)")
     p.add_argument("--engine", default="CYCLES", help="CYCLES (default) or BLENDER_EEVEE")
     p.add_argument("--samples", type=int, default=16, help="samples per pixel (default 16)")
@@ -67,8 +67,8 @@ def sampler_config(args: argparse.Namespace):
     """The SamplerConfig the options ask for (validated)."""
     from synth.scene.sampler import SamplerConfig
 
-    if args.res < 8:
-        raise UserError(f"--res: {args.res} should be >= 8")
+    if args.resolution < 8:
+        raise UserError(f"--res: {args.resolution} should be >= 8")
     if args.samples < 1:
         raise UserError(f"--samples: {args.samples} should be >= 1")
     if args.engine not in ENGINES:
@@ -80,12 +80,12 @@ def sampler_config(args: argparse.Namespace):
     if args.threads < 0:
         raise UserError(f"--threads: {args.threads} should be >= 0")
     kwargs = dict(
-        width=args.res,
-        height=args.res,
+        width=args.resolution,
+        height=args.resolution,
         engine=args.engine,
         samples=args.samples,
         denoise=bool(args.denoise),
-        check_res=min(64, args.res),
+        check_res=min(64, args.resolution),
         assets_dir=_dir_option("--assets-dir", args.assets_dir),
         hdri_dir=_dir_option("--hdri-dir", args.hdri_dir),
         texture_dir=_dir_option("--texture-dir", args.texture_dir),

@@ -29,11 +29,11 @@ STAGES = ("data", "publish", "train", "eval", "report")
 # The embedded default: sized for ~20 minutes on 2 CPU cores (see docs/demo.md for the sweep behind it).
 DEFAULTS: dict[str, Any] = {
     "scenes": 480,
-    "res": 64,
+    "resolution": 64,
     "samples": 16,
     "objects": "2-3",
     "num_objects": 3,
-    "steps": 5000,
+    "max_steps": 5000,
     "batch_size": 8,
     "lr": 1e-3,
     "object_weight": 10.0,
@@ -52,11 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="render, train, infer, evaluate and report on one machine")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
     p.add_argument("--scenes", type=int, default=DEFAULTS["scenes"], help="scenes to render")
-    p.add_argument("--res", type=int, default=DEFAULTS["res"], help="render and model resolution")
+    p.add_argument(
+        "--resolution", type=int, default=DEFAULTS["resolution"], help="render and model resolution"
+    )
     p.add_argument("--samples", type=int, default=DEFAULTS["samples"], help="Cycles samples per pixel")
     p.add_argument("--objects", default=DEFAULTS["objects"], help="objects per scene, MIN-MAX")
     p.add_argument("--num-objects", type=int, default=DEFAULTS["num_objects"], help="model object slots K")
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="training steps")
+    p.add_argument("--max-steps", type=int, default=DEFAULTS["max_steps"], help="training steps")
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
     p.add_argument("--object-weight", type=float, default=DEFAULTS["object_weight"],
@@ -86,8 +88,8 @@ def gpu_scale_profile(args: argparse.Namespace) -> None:
     """Overwrite the CPU defaults with the paper-sized profile (documented in docs/demo.md)."""
     if not args.pretrained:
         raise UserError("--gpu-scale: needs --pretrained PATH (a local diffusers Stable Diffusion folder)")
-    args.scenes, args.res, args.samples, args.objects, args.num_objects = 2500, 512, 64, "2-6", 6
-    args.steps, args.batch_size, args.lr, args.eval_scenes, args.sampling_steps = 20000, 2, 1e-4, 100, 20
+    args.scenes, args.resolution, args.samples, args.objects, args.num_objects = 2500, 512, 64, "2-6", 6
+    args.max_steps, args.batch_size, args.lr, args.eval_scenes, args.sampling_steps = 20000, 2, 1e-4, 100, 20
     args.object_weight = 0.0
     args.workers = max(args.workers, 8)
 
@@ -117,9 +119,9 @@ def write_model_config(out: Path, args: argparse.Namespace) -> Path:
     from cobl.model.configs import sd_config, tiny_config
 
     if args.gpu_scale:  # the paper's design: frozen SD, conditioned on the photo and depth
-        config = sd_config(args.num_objects, args.res).replace(depth_condition=args.depth)
+        config = sd_config(args.num_objects, args.resolution).replace(depth_condition=args.depth)
     else:
-        config = tiny_config(num_objects=args.num_objects, resolution=args.res).replace(
+        config = tiny_config(num_objects=args.num_objects, resolution=args.resolution).replace(
             space_to_depth_factor=args.codec_factor, photo_skip=True, depth_condition=args.depth
         )
     path = out / "model_config.json"
@@ -147,15 +149,16 @@ def run_demo(args: argparse.Namespace) -> int:
     stages = Stages(out)
     model_config = write_model_config(out, args)
     sampling = [
-        "--steps", str(args.sampling_steps), "--guidance-scale", str(args.guidance_scale),
+        "--sampling-steps", str(args.sampling_steps), "--guidance-scale", str(args.guidance_scale),
         "--seed", str(args.seed), "--limit", str(args.eval_scenes),
     ]  # fmt: skip
     plan: list[tuple[str, dict[str, Any], list[list[str]]]] = [
         (
             "data",
-            {k: getattr(args, k) for k in ("scenes", "res", "samples", "objects", "seed")},
+            {k: getattr(args, k) for k in ("scenes", "resolution", "samples", "objects", "seed")},
             [[
-                "synth", "run", "--out", str(data), "--scenes", str(args.scenes), "--res", str(args.res),
+                "synth", "run", "--out", str(data), "--scenes", str(args.scenes),
+                "--resolution", str(args.resolution),
                 "--samples", str(args.samples), "--seed", str(args.seed), "--workers", str(args.workers),
                 "--split", "train=0.9,val=0.02,test=0.08", "--shard-size", "100",
                 "--min-objects", args.objects.split("-")[0], "--max-objects", args.objects.split("-")[1],
@@ -166,16 +169,17 @@ def run_demo(args: argparse.Namespace) -> int:
             "train",
             {
                 k: getattr(args, k)
-                for k in ("num_objects", "steps", "batch_size", "lr", "res", "seed", "object_weight",
+                for k in ("num_objects", "max_steps", "batch_size", "lr", "resolution", "seed",
+                          "object_weight",
                           "codec_factor", "depth", "slot_matching")
             },
             [[
                 "train", "--data", str(data / "shards" / "train-*.tar"), "--out", str(run),
                 "--config", str(model_config),
                 "--num-objects", str(args.num_objects), "--object-weight", str(args.object_weight),
-                "--resolution", str(args.res), "--max-steps", str(args.steps),
+                "--resolution", str(args.resolution), "--max-steps", str(args.max_steps),
                 "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed),
-                "--checkpoint-every", str(max(100, args.steps // 10)),
+                "--checkpoint-every", str(max(100, args.max_steps // 10)),
                 *(["--slot-matching"] if args.slot_matching else []),
                 *(["--resume", "latest"] if any((run / "checkpoints").glob("step-*")) else []),
                 *(["--pretrained", args.pretrained, "--mixed-precision", "bf16"] if args.gpu_scale else []),
@@ -219,7 +223,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError(f"--objects: expected MIN-MAX with 1 <= MIN <= MAX, got {args.objects!r}")
     if int(parts[1]) > args.num_objects:
         raise UserError(f"--objects: MAX {parts[1]} exceeds --num-objects {args.num_objects}")
-    for name in ("scenes", "res", "steps", "batch_size", "eval_scenes", "sampling_steps", "workers",
+    for name in ("scenes", "resolution", "max_steps", "batch_size", "eval_scenes", "sampling_steps",
+                 "workers",
                  "codec_factor"):
         if getattr(args, name) < 1:
             flag = "--" + name.replace("_", "-")

@@ -99,15 +99,15 @@ def loss_figure(run: Path, path: Path) -> tuple[float, float]:
 def build_report(out: Path, args: argparse.Namespace, stage_seconds: dict[str, float | None]) -> Path:
     test = json.loads((out / "metrics_test.json").read_text())
     train = json.loads((out / "metrics_train.json").read_text())
-    dataset_figure(out / "data", out / "dataset_samples.png", args.num_objects, args.res)
+    dataset_figure(out / "data", out / "dataset_samples.png", args.num_objects, args.resolution)
     first, last = loss_figure(out / "run", out / "loss_curve.png")
     keys = predictions_figure(args, out / "predictions.png")
     totals = json.loads((out / "data" / "manifest.json").read_text())["totals"]
     lines = [
         f"dataset: {totals['samples']} scenes in {totals['shards']} shards, {totals['bytes'] / 1e6:.1f} MB ("
         + ", ".join(f"{split} {v['samples']}" for split, v in sorted(totals["splits"].items()))
-        + f"); seed {args.seed}, {args.res}², {args.samples} spp, objects {args.objects}",
-        f"training: {args.steps} steps, batch {args.batch_size}, lr {args.lr}, K={args.num_objects}, "
+        + f"); seed {args.seed}, {args.resolution}², {args.samples} spp, objects {args.objects}",
+        f"training: {args.max_steps} steps, batch {args.batch_size}, lr {args.lr}, K={args.num_objects}, "
         f"object weight {args.object_weight}, slot matching {'on' if args.slot_matching else 'off'}; "
         f"smoothed loss {first:.4f} -> {last:.4f}",
         "condition: the photo and the renderer's depth (relative inverse depth, cobl.depth)" if args.depth

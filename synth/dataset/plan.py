@@ -146,7 +146,7 @@ def make_config(
 
     for name, value, lo in (
         ("--scenes", num_scenes, 1),
-        ("--res", resolution, 8),
+        ("--resolution", resolution, 8),
         ("--samples", samples, 1),
         ("--shard-size", shard_size, 1),
     ):

@@ -90,7 +90,7 @@ def _command(config: GenerationConfig) -> str:
     split = ",".join(f"{k}={v:g}" for k, v in config.splits.items())
     return (
         f"cobl synth run --out DIR --scenes {config.num_scenes} --seed {config.seed} "
-        f"--res {config.resolution} "
+        f"--resolution {config.resolution} "
         f"--samples {config.samples} --engine {config.engine} --split {split} "
         f"--shard-size {config.shard_size} --max-objects {config.layer_slots}"
     )
