@@ -23,7 +23,7 @@ def run_reporting_errors(command: Callable[[], int | None]) -> int:
     try:
         return int(command() or 0)
     except UserError as err:
-        print(f"cobl: error: {err}", file=sys.stderr)
+        print(f"cobl: error: {err.as_flag()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cobl: interrupted", file=sys.stderr)

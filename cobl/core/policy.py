@@ -1,0 +1,23 @@
+"""The project's small policies, each defined once: thresholds, caps and accepted names that several floors
+share. Everything else imports them from here, so changing a policy changes it everywhere."""
+
+from __future__ import annotations
+
+# A pixel belongs to a layer's mask when its alpha exceeds this (ids.png, modal/amodal masks, metrics).
+ALPHA_THRESHOLD = 0.5
+
+# A slot holds an object when its alpha mass exceeds this fraction of the image (the paper's 2 %): object
+# discovery at inference, the order search, evaluation and the small-object rule of the metrics.
+MIN_OBJECT_AREA = 0.02
+
+# Exhaustive searches over slot orders stop at this many occupied slots (6! = 720 orders).
+MAX_ORDER_SEARCH_SLOTS = 6
+
+# PSNR of identical images is infinite; report this finite cap so JSON stays valid.
+PSNR_CAP_DB = 100.0
+
+# Render engines the renderer supports (bpy 5 names).
+RENDER_ENGINES = ("CYCLES", "BLENDER_EEVEE")
+
+# Raster image files PIL reads (photos, depth images); HDR formats are separate (assets.lighting).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
