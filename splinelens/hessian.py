@@ -68,7 +68,7 @@ def gauss_newton(model: nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def ntk_from_spline(sp: Spline, x: np.ndarray) -> np.ndarray:
-    """Tangent kernel J Jᵀ written in spline coordinates (spec §2.5): which ramps/steps carry curvature."""
+    """Tangent kernel J Jᵀ in spline coordinates (derivations §3.6): which ramps/steps carry curvature."""
     x = np.asarray(x, dtype=np.float64)
     live = sp.s != 0
     s = sp.s[live].astype(np.float64)
@@ -108,7 +108,7 @@ def count_spectrum(eigs: np.ndarray, rel_tol: float = 1e-7) -> SpectrumCounts:
 
 
 def rank_bound(sp: Spline, x: np.ndarray) -> int:
-    """min(N, 2K + 2), K = number of data intervals holding a breakpoint (spec §2.4)."""
+    """min(N, 2K + 2), K = number of data intervals holding a breakpoint (derivations §3.4)."""
     xs = np.sort(np.asarray(x, dtype=np.float64))
     beta = sp.beta[(sp.s != 0) & (sp.mu != 0)]
     idx = np.searchsorted(xs, beta, side="right")

@@ -3,7 +3,7 @@
 Schemes (1→H→1 net; first-layer fan_in = 1): ``default`` is PyTorch's ``nn.Linear`` init (w, b ~ U(±1),
 v, c ~ U(±1/√H)); ``kaiming`` is He normal (w ~ N(0, 2), b ~ N(0, 1), v ~ N(0, 2/H), c = 0); ``glorot`` is
 Glorot normal with every variance 2/(1+H). ``scale`` α multiplies every parameter. The analytic predictions
-follow splines_spec.md §3 (β is a ratio b/w; E μ² = σ_v² σ_w²).
+follow docs/splinelens_derivations.md ("derivations") §4 (β is a ratio b/w; E μ² = σ_v² σ_w²).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _variances(scheme: str, width: int) -> tuple[str, float, float, float, float
 
 
 def predicted(scheme: str, width: int, scale: float = 1.0, window: float = 1.0) -> dict[str, float]:
-    """Analytic expectations on the data window [-window, window] (spec §3.1-3.2)."""
+    """Analytic expectations on the data window [-window, window] (derivations §4.2-4.3)."""
     family, vw, vb, vv, vc = _variances(scheme, width)
     a = window
     if family == "uniform":  # w, b ~ U(-1, 1)

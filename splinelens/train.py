@@ -1,8 +1,8 @@
 """Full-batch gradient descent / gradient flow in network coordinates, logged in spline coordinates.
 
-The loss is L = ½·mean_n (f(x_n) − y_n)². Gradients are the closed forms of splines_spec.md §2.1 in numpy
-float64 (checked against torch autograd in the tests): for the tiny full-batch problems studied here they are
-several times faster than autograd and exact.
+The loss is L = ½·mean_n (f(x_n) − y_n)². Gradients are the closed forms of
+docs/splinelens_derivations.md §3.2 in numpy float64 (checked against torch autograd in the tests): for the
+tiny full-batch problems studied here they are several times faster than autograd and exact.
 """
 
 from __future__ import annotations
