@@ -178,20 +178,12 @@ def test_publish_refuses_a_corrupt_dataset(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    if (
-        not os.path.exists(CHROMIUM)
-        and hasattr(os, "geteuid")
-        and os.geteuid() == 0
-        and shutil.which("apt-get")
-    ):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "chromium"], env=env, capture_output=True, timeout=600
-        )
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian's chromium is not installed and could not be installed with apt-get (not root?)")
-    return CHROMIUM
+    """An already installed Chromium; the test never installs one (``make browser`` or docs/dataset.md)."""
+    for candidate in (CHROMIUM, "chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    pytest.skip("no Chromium installed (`make browser` installs it); gallery screenshot not taken")
 
 
 def test_gallery_renders_in_headless_chromium(published: Path, chromium: str, tmp_path: Path) -> None:
