@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench clean browser
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ test: install
 
 demo: install
 	PYOPENGL_PLATFORM=egl RAY_AUTH_MODE=disabled $(BIN)/cobl demo --out demo_out
+
+# Optional: Debian's Chromium, for the gallery screenshot test (tests/test_publish.py skips without it).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 lint: install
 	$(BIN)/ruff check .

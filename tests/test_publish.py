@@ -114,7 +114,7 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("published")
     make_dataset(root)
     written = publish(root, gallery_samples=4, name="discs")
-    assert [p.name for p in written] == ["README.md", "stats.json", "index.html"]
+    assert [p.name for p in written] == ["README.md", "croissant.json", "stats.json", "index.html"]
     return root
 
 
@@ -167,6 +167,70 @@ def test_gallery_uses_relative_paths_that_exist(published: Path) -> None:
     assert "visible 100%" in page and "layer 00 (front)" in page
 
 
+def test_croissant_validates_with_mlcroissant(published: Path) -> None:
+    """The reference library's validation (what `mlcroissant validate --jsonld` runs) finds no error."""
+    mlc = pytest.importorskip("mlcroissant")
+    path = published / "croissant.json"
+    dataset = mlc.Dataset(str(path))  # raises mlc.ValidationError on any error
+    issues = dataset.metadata.ctx.issues
+    assert not issues.errors
+    # datePublished is only recommended; publishing stays byte-reproducible without a date
+    assert all("datePublished" in w for w in issues.warnings), issues.warnings
+    doc = json.loads(path.read_text())
+    assert "http://mlcommons.org/croissant/RAI/1.0" in doc["conformsTo"]
+    for key in (
+        "rai:dataCollection",
+        "rai:personalSensitiveInformation",
+        "rai:dataUseCases",
+        "rai:dataLimitations",
+        "rai:dataBiases",
+    ):
+        assert doc[key], key
+    manifest = Manifest.load(published)
+    tars = {d["contentUrl"]: d for d in doc["distribution"] if d["@type"] == "cr:FileObject"}
+    assert set(tars) == {f"{SHARDS_DIR}/{name}" for name in manifest.shards}
+    for url, entry in tars.items():
+        assert (published / url).is_file() and entry["sha256"] == manifest.shards[Path(url).name].sha256
+    file_sets = {d["@id"]: d for d in doc["distribution"] if d["@type"] == "cr:FileSet"}
+    assert set(file_sets) == {"train-members", "val-members"}
+    members = {r["@id"]: r for r in doc["recordSet"]}["members"]["data"]
+    assert [row["members/name"] for row in members] == schema.member_names(SLOTS)
+
+
+def test_card_front_matter_loads_every_split_with_datasets(published: Path, tmp_path: Path) -> None:
+    """`datasets.load_dataset(DIR)` reads the shards through the card's configs; every field decodes."""
+    yaml = pytest.importorskip("yaml")
+    datasets = pytest.importorskip("datasets")
+    card = (published / "README.md").read_text()
+    assert card.startswith("---\n")
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["license"] == "cc-by-4.0" and meta["pretty_name"] == "discs"
+    assert "image-segmentation" in meta["task_categories"] and meta["size_categories"] == ["n<1K"]
+    assert meta["configs"][0]["data_files"] == [
+        {"split": "train", "path": "shards/train-*.tar"},
+        {"split": "val", "path": "shards/val-*.tar"},
+    ]
+    ds = datasets.load_dataset(str(published), cache_dir=str(tmp_path / "hf-cache"))
+    assert {name: len(split) for name, split in ds.items()} == {"train": 6, "val": 2}
+    expected = {i: disc_scene(i) for i in range(8)}
+    for split in ds.values():
+        assert set(schema.member_names(SLOTS)) <= set(split.column_names)
+        for row in split:
+            i = int(row["__key__"][1:])
+            truth = pad_layers(expected[i], SLOTS)
+            for member in schema.member_names(SLOTS):
+                if member.endswith(".png"):
+                    with Image.open(io.BytesIO(truth[member])) as im:
+                        assert np.array_equal(np.asarray(row[member]), np.asarray(im)), member
+            depth = np.load(io.BytesIO(truth[schema.DEPTH]))
+            assert np.array_equal(np.asarray(row[schema.DEPTH], np.float32), depth)
+            assert row[schema.SCENE]["spec"]["scene_id"] == row["__key__"]
+            assert (
+                row[schema.SCENE]["ground_truth"]["order"]
+                == json.loads(truth[schema.SCENE])["ground_truth"]["order"]
+            )
+
+
 def test_publish_refuses_a_corrupt_dataset(tmp_path: Path) -> None:
     make_dataset(tmp_path, n=4)
     shard = next((tmp_path / SHARDS_DIR).glob("*.tar"))
@@ -178,20 +242,12 @@ def test_publish_refuses_a_corrupt_dataset(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    if (
-        not os.path.exists(CHROMIUM)
-        and hasattr(os, "geteuid")
-        and os.geteuid() == 0
-        and shutil.which("apt-get")
-    ):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "chromium"], env=env, capture_output=True, timeout=600
-        )
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian's chromium is not installed and could not be installed with apt-get (not root?)")
-    return CHROMIUM
+    """An already installed Chromium; the test never installs one (``make browser`` or docs/dataset.md)."""
+    for candidate in (CHROMIUM, "chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    pytest.skip("no Chromium installed (`make browser` installs it); gallery screenshot not taken")
 
 
 def test_gallery_renders_in_headless_chromium(published: Path, chromium: str, tmp_path: Path) -> None:

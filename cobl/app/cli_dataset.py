@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dir", type=Path)
     p.add_argument("--gallery-samples", type=int, default=12, help="scenes shown in the gallery (default 12)")
     p.add_argument("--name", default=None, help="dataset name in the card (default: the directory name)")
+    p.add_argument("--license", default=None, help="license id for the card and croissant.json (cc-by-4.0)")
+    p.add_argument("--creator", default=None, help="creator in card and croissant.json (cobl contributors)")
+    p.add_argument("--url", default=None, help="where the dataset will be hosted (croissant.json url)")
     p.set_defaults(func=_publish)
 
     p = sub.add_parser("rerender", help="re-render one scene of dataset DIR alone into a scene directory")
@@ -147,9 +150,17 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
+    from synth.dataset.datasheet import DEFAULT_CREATOR, DEFAULT_LICENSE
     from synth.dataset.publish import publish
 
-    written = publish(args.dir, gallery_samples=args.gallery_samples, name=args.name)
+    written = publish(
+        args.dir,
+        gallery_samples=args.gallery_samples,
+        name=args.name,
+        license=args.license or DEFAULT_LICENSE,
+        creator=args.creator or DEFAULT_CREATOR,
+        url=args.url,
+    )
     for path in written:
         print(path)
     return 0

@@ -1,4 +1,5 @@
-"""``cobl synth publish DIR``: the dataset card (``README.md``), ``stats.json`` and a static gallery.
+"""``cobl synth publish DIR``: the dataset card (``README.md``, Hub-ready YAML header), ``croissant.json``,
+``stats.json`` and a static gallery.
 
 Everything is derived from the verified shards and the manifest: statistics read only the ``scene.json``
 members (tar headers let us seek past the images), the gallery extracts the first few samples.
@@ -16,6 +17,9 @@ from typing import Any
 from cobl.core import schema
 from cobl.core.atomic import write_text_atomic
 from cobl.core.errors import UserError
+from synth.dataset.card import front_matter, hub_section
+from synth.dataset.croissant import CROISSANT, croissant_metadata
+from synth.dataset.datasheet import DEFAULT_CREATOR, DEFAULT_LICENSE, Datasheet
 from synth.dataset.gallery import write_gallery
 from synth.dataset.manifest import SHARDS_DIR, Manifest, verify
 from synth.dataset.plan import GenerationConfig
@@ -41,8 +45,16 @@ def _ordered_shards(manifest: Manifest) -> list:
     )
 
 
-def publish(root: str | os.PathLike, gallery_samples: int = 12, name: str | None = None) -> list[Path]:
-    """Write README.md, stats.json and gallery/ into ``root``; refuses a dataset that fails ``verify``."""
+def publish(
+    root: str | os.PathLike,
+    gallery_samples: int = 12,
+    name: str | None = None,
+    license: str = DEFAULT_LICENSE,
+    creator: str = DEFAULT_CREATOR,
+    url: str | None = None,
+) -> list[Path]:
+    """Write README.md, croissant.json, stats.json and gallery/ into ``root``; refuses a dataset that fails
+    ``verify``."""
     root = Path(root)
     report = verify(root)
     if not report.passed:
@@ -73,9 +85,15 @@ def publish(root: str | os.PathLike, gallery_samples: int = 12, name: str | None
         f"{len(samples)} of {stats['scenes']} scenes, {config.resolution}x{config.resolution}, "
         f"layers front to back over a checkerboard; visible = modal / amodal pixels",
     )
+    sheet = Datasheet(title=title, license=license, creator=creator, url=url)
+    splits = list(dict.fromkeys(rec.split for rec in shards))
+    croissant_path = root / CROISSANT
+    croissant = croissant_metadata(sheet, manifest, shards)
+    write_text_atomic(croissant_path, json.dumps(croissant, indent=2) + "\n")
     card_path = root / "README.md"
-    write_text_atomic(card_path, dataset_card(title, manifest, stats))
-    return [card_path, stats_path, gallery]
+    card = dataset_card(title, manifest, stats, extra=hub_section(sheet, splits))
+    write_text_atomic(card_path, front_matter(sheet, manifest, splits) + card)
+    return [card_path, croissant_path, stats_path, gallery]
 
 
 def _fmt_bytes(n: int) -> str:
@@ -96,7 +114,7 @@ def _command(config: GenerationConfig) -> str:
     )
 
 
-def dataset_card(title: str, manifest: Manifest, stats: dict[str, Any]) -> str:
+def dataset_card(title: str, manifest: Manifest, stats: dict[str, Any], extra: list[str] = ()) -> str:
     config = GenerationConfig.from_dict(manifest.config)
     totals = manifest.totals()
     res = config.resolution
@@ -126,6 +144,7 @@ def dataset_card(title: str, manifest: Manifest, stats: dict[str, Any]) -> str:
         "shards/{split}-{index:06d}.tar   WebDataset shards (plain tar), one sample per scene",
         "stats.json                 the statistics below, machine-readable",
         "gallery/index.html         a static gallery of samples (open it in a browser, no server needed)",
+        "croissant.json             Croissant 1.0 + RAI metadata (JSON-LD) describing the shards",
         "```",
         "",
         "Check integrity with `cobl synth verify DIR` (re-hashes every shard against the manifest).",
@@ -276,6 +295,7 @@ def dataset_card(title: str, manifest: Manifest, stats: dict[str, Any]) -> str:
         "Within the project: `cobl.data.make_dataset('DIR/shards/train-*.tar')` decodes "
         "samples into tensors.",
         "",
+        *extra,
         "## Reproducing",
         "",
         "```",
