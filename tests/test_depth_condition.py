@@ -44,8 +44,9 @@ def test_depth_files_npy_in_metres_and_images_of_inverse_depth_agree(tmp_path):
     assert torch.allclose(from_npy, from_png, atol=1e-4)
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
     for bad in ("bad.npy", "d.txt"):
-        with pytest.raises(UserError, match="--depth"):
+        with pytest.raises(UserError, match=bad) as err:
             load_depth_file(tmp_path / bad)
+        assert err.value.option == "depth" and err.value.as_flag().startswith("--depth: ")
 
 
 def _samples(n: int, seed: int = 0) -> list[dict]:
