@@ -120,7 +120,7 @@ def _empty_prompt_embedding(path: Path, tokens: int):
         ).input_ids
         with torch.no_grad():
             return enc(ids)[0]
-    except Exception:  # optional nicety: fall back to the zero initialisation
+    except (OSError, ValueError, KeyError, ImportError, RuntimeError):  # optional: zeros instead
         return None
 
 
