@@ -15,8 +15,8 @@ import time
 import torch
 from diffusers import DDIMScheduler
 
-from cobl.model.bundle import build
 from cobl.model.configs import tiny_config
+from cobl.model.factory import build
 from infer.pipeline import CObLPipeline
 
 
@@ -25,12 +25,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--objects", type=int, default=4)
+    parser.add_argument("--num-objects", type=int, default=4)
     parser.add_argument("--resolution", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = tiny_config(num_objects=args.objects, resolution=args.resolution)
+    config = tiny_config(num_objects=args.num_objects, resolution=args.resolution)
     model, codec, scheduler = build(config)
     pipe = CObLPipeline.from_parts(model.eval(), DDIMScheduler.from_config(scheduler.config), codec)
     pipe.set_progress_bar_config(disable=True)
@@ -57,7 +57,7 @@ def main() -> None:
             wall[name] = min(wall[name], time.perf_counter() - start_wall)
 
     print(
-        f"config tiny: K={args.objects}, {args.resolution}px, {args.steps} DDIM steps, "
+        f"config tiny: K={args.num_objects}, {args.resolution}px, {args.steps} DDIM steps, "
         f"{args.threads} thread(s), best of {args.repeats}"
     )
     base = cpu["unguided"]

@@ -1,6 +1,7 @@
 """Loader throughput (decoded tensors, batched) vs raw tar reading, in samples/s. Target ratio >= 0.5.
 
-    python bench/bench_loader.py [--data 'DIR/shards/train-*.tar'] [--k 6] [--resolution 64] [--workers 2]
+    python bench/bench_loader.py [--data 'DIR/shards/train-*.tar'] [--num-objects 6] [--resolution 64] \
+        [--workers 2]
 
 --data takes a shard path, a glob or a brace pattern; without it the bench writes synthetic shards
 (tests/shardmaker.py) at --size into a temporary folder. One run: --reps interleaved repetitions of
@@ -34,7 +35,7 @@ def _loader_rate(urls: list[str], args: argparse.Namespace, ids: bool) -> tuple[
     from cobl.model.data import batches, make_dataset, make_loader
 
     ds = make_dataset(
-        urls, args.k, args.resolution, shuffle=True, seed=0, epochs=1, ids=ids, depth=args.depth
+        urls, args.num_objects, args.resolution, shuffle=True, seed=0, epochs=1, ids=ids, depth=args.depth
     )
     n = 0
     with warnings.catch_warnings():
@@ -43,14 +44,14 @@ def _loader_rate(urls: list[str], args: argparse.Namespace, ids: bool) -> tuple[
         next(stream)  # steady state: worker start-up is a one-off cost, not throughput
         start = time.perf_counter()
         for batch in stream:
-            n += batch["photo"].shape[0]
+            n += batch.photo.shape[0]
     return n / (time.perf_counter() - start), n
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="shard path, glob or brace pattern")
-    p.add_argument("--k", type=int, default=6)
+    p.add_argument("--num-objects", type=int, default=6)
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--size", type=int, default=64, help="synthetic scene size when --data is not given")
     p.add_argument("--scenes", type=int, default=200, help="synthetic scenes when --data is not given")
@@ -77,8 +78,8 @@ def main() -> None:
                 Path(tmp.name) / f"train-{i:06d}.tar",
                 args.scenes // 4,
                 size=args.size,
-                max_objects=min(args.k, 4),
-                max_layers=args.k,
+                max_objects=min(args.num_objects, 4),
+                max_layers=args.num_objects,
                 seed=i,
             )
         args.data = str(Path(tmp.name) / "train-{000000..000003}.tar")
@@ -98,7 +99,7 @@ def main() -> None:
     print(f"raw tar reading : {raw_med:8.1f} samples/s ({raw} samples, {nbytes / 2**20:.1f} MiB)")
     print(
         f"CObL loader     : {rate_med:8.1f} samples/s ({n} decoded, {args.workers} workers, "
-        f"K={args.k}, {args.resolution}², with ids.png)"
+        f"K={args.num_objects}, {args.resolution}², with ids.png)"
     )
     print(f"CObL loader     : {rate_no_ids_med:8.1f} samples/s (same, ids=False as for training)")
     print(

@@ -4,7 +4,8 @@ The plain UNet is the same network without the cross-slot modules (same conv_in/
 K+1 slots (a) batched together and (b) as K+1 separate passes. Target: CObL <= 1.2x the batched plain UNet.
 Each variant runs in a fresh process so its peak memory (CUDA max allocated, or CPU max RSS) is its own.
 
-    python bench/bench_train.py [--config tiny] [--k 4] [--resolution 64] [--batch-size 4] [--steps 10]
+    python bench/bench_train.py [--config tiny] [--num-objects 4] [--resolution 64] [--batch-size 4] \
+        [--steps 10]
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ def _measure(variant: str, args: dict, queue) -> None:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from cobl.model.bundle import build
     from cobl.model.configs import get_config
+    from cobl.model.factory import build
 
     torch.set_num_threads(args["threads"])
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = get_config(args["config"]).replace(num_objects=args["k"], resolution=args["resolution"])
+    config = get_config(args["config"]).replace(
+        num_objects=args["num_objects"], resolution=args["resolution"]
+    )
     model, codec, _ = build(config, pretrained=args.get("pretrained"))
     s, c, cp = model.config.num_slots, model.config.slot_channels, model.config.photo_channels
     h = config.resolution // codec.downsample
@@ -97,7 +100,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny")
     p.add_argument("--pretrained", default=None)
-    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--num-objects", type=int, default=4)
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--steps", type=int, default=10)

@@ -15,6 +15,7 @@ from typing import Any
 from tqdm import tqdm
 
 from cobl.core.errors import UserError
+from cobl.model.batch import Sample
 from infer.baselines import visible_only_layers
 from infer.metrics import evaluate_scene, summarize
 from infer.pipeline import CObLPipeline, decompose
@@ -43,16 +44,16 @@ def evaluate(
     seconds = {MODEL: 0.0, UNGUIDED: 0.0}
     stream = itertools.islice(iter(dataset), limit) if limit is not None else iter(dataset)
     for sample in tqdm(stream, total=limit, desc="eval", unit="scene", disable=not progress):
-        photo, true_layers = sample["photo"], sample["layers"]
-        scene_seed = sample_seed(sample["key"], seed) % (2**63)
-        entry: dict[str, Any] = {"key": sample["key"], "num_objects": sample["num_objects"]}
+        photo, true_layers = sample.photo, sample.layers
+        scene_seed = sample_seed(sample.key, seed) % (2**63)
+        entry: dict[str, Any] = {"key": sample.key, "num_objects": sample.num_objects}
         runs = [(MODEL, sampling.get("guidance_scale", 1.0))]
         if unguided:
             runs.append((UNGUIDED, 0.0))
         for name, scale in runs:
             start = time.perf_counter()
             result = decompose(
-                pipe, photo, sample["depth"], seed=scene_seed, **{**sampling, "guidance_scale": scale}
+                pipe, photo, sample.depth, seed=scene_seed, **{**sampling, "guidance_scale": scale}
             )
             seconds[name] += time.perf_counter() - start
             entry[name] = evaluate_scene(result.layers, result.background, true_layers, photo)
@@ -63,7 +64,7 @@ def evaluate(
         entry[VISIBLE_ONLY] = evaluate_scene(vis_layers, vis_bg, true_layers, photo)
         scenes.append(entry)
     if not scenes:
-        raise UserError(f"--data {data}: no usable scenes (skipped: {dataset.counts})")
+        raise UserError(f"{data}: no usable scenes (skipped: {dataset.counts})", option="data")
 
     methods = [MODEL, *([UNGUIDED] if unguided else []), VISIBLE_ONLY]
     n = len(scenes)
@@ -95,10 +96,10 @@ def completion_check(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _ids_or_none(sample: dict[str, Any], num_slots: int) -> Any:
+def _ids_or_none(sample: Sample, num_slots: int) -> Any:
     """The shard's modal map when it refers to the decoded slots (``ids.png``: 0 bg, k+1 = layer k), else None
     (the baseline then derives it from the true alphas)."""
-    ids = sample.get("ids")
-    if ids is None or int(ids.max()) > sample["num_objects"] or sample["num_objects"] > num_slots:
+    ids = sample.ids
+    if ids is None or int(ids.max()) > sample.num_objects or sample.num_objects > num_slots:
         return None
     return ids.numpy()

@@ -33,73 +33,18 @@ later index is fresh.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from cobl.core.layers import ALPHA_CHANNEL, composite
+from cobl.core.policy import MIN_OBJECT_AREA
 from cobl.model.parametrization import per_sample
+from cobl.model.slots import occupied_slots, slot_orders
+from infer.settings import MODES, SCHEDULES, GuidanceConfig
 
-SCHEDULES = ("constant", "linear", "late")
-MODES = ("x0", "latents", "both")
-MAX_EXHAUSTIVE_SLOTS = 6  # 720 orderings; above this the search is skipped (documented in the CLI help)
 SEARCH_RESOLUTION = 64  # the order search compares composites at most this big (area-averaged): ranking only
-
-
-@dataclass(frozen=True)
-class GuidanceConfig:
-    """Guidance settings; ``scale == 0`` turns guidance off (no gradient is computed at all)."""
-
-    scale: float = 1.0
-    schedule: str = "linear"  # weight over progress p in [0, 1]: constant 1, linear start..1, late p**2
-    start_weight: float = 0.25  # weight at the first step for "linear"
-    mode: str = "both"
-    start: float = 0.0  # no guidance (and no gradient) before this fraction of the sampling progress
-    denoiser_until: float = 0.25  # mode "both": the denoiser gradient only up to this fraction of progress
-    reorder_every: int = 0  # search the object slot order every N steps (0 = never)
-    min_area: float = 0.02  # alpha-mass fraction above which a slot counts as occupied (reordering)
-
-    def __post_init__(self) -> None:
-        if self.scale < 0:
-            raise ValueError(f"guidance scale must be >= 0, got {self.scale}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"guidance schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"guidance mode must be one of {MODES}, got {self.mode!r}")
-        if not 0 <= self.start <= 1:
-            raise ValueError(f"guidance start must be a fraction in [0, 1], got {self.start}")
-        if self.reorder_every < 0:
-            raise ValueError(f"reorder_every must be >= 0, got {self.reorder_every}")
-
-    @property
-    def enabled(self) -> bool:
-        return self.scale > 0
-
-    def active(self, step: int, num_steps: int) -> bool:
-        """Whether sampler step ``step`` of ``num_steps`` is guided (a gradient is computed)."""
-        return self.enabled and step / max(1, num_steps - 1) >= self.start
-
-    def uses_denoiser_gradient(self, step: int, num_steps: int) -> bool:
-        """Whether step ``step`` differentiates through the denoiser (modes "latents" and "both")."""
-        if not self.active(step, num_steps) or self.mode == "x0":
-            return False
-        return self.mode == "latents" or step / max(1, num_steps - 1) <= self.denoiser_until
-
-    def uses_decoder_gradient(self, step: int, num_steps: int) -> bool:
-        """Whether step ``step`` takes the decoder-only step on the clean prediction (modes x0 and both)."""
-        return self.active(step, num_steps) and self.mode in ("x0", "both")
-
-    def weight(self, step: int, num_steps: int) -> float:
-        """Schedule weight at sampler step ``step`` of ``num_steps`` (progress 0 at the first, 1 the last)."""
-        progress = step / max(1, num_steps - 1)
-        if self.schedule == "constant":
-            return 1.0
-        if self.schedule == "linear":
-            return self.start_weight + (1 - self.start_weight) * progress
-        return progress**2
 
 
 def recomposition_error(
@@ -164,12 +109,13 @@ def best_slot_order(
     background: torch.Tensor,
     photo: torch.Tensor,
     valid: torch.Tensor | None = None,
-    min_area: float = 0.02,
+    min_area: float = MIN_OBJECT_AREA,
 ) -> torch.Tensor:
     """Per sample, the permutation ``[B, K]`` of object slots whose composite best matches the photo.
 
-    Occupied slots (alpha mass > ``min_area`` of the pixels) are tried in every order (up to
-    ``MAX_EXHAUSTIVE_SLOTS``, else kept as they are) and put first; empty slots follow in their old order.
+    Occupied slots (``cobl.model.slots.occupied_slots``) are tried in every order (``slot_orders``: up to
+    ``MAX_ORDER_SEARCH_SLOTS`` of them, else kept as they are) and put first; empty slots follow in their old
+    order.
     The current order wins ties, so a converged stack is left alone. Images larger than ``SEARCH_RESOLUTION``
     are compared area-downsampled (the search only ranks orders). ``layers`` and ``photo`` must be in the
     same [0, 1] range.
@@ -178,19 +124,18 @@ def best_slot_order(
     b, k = layers.shape[:2]
     perms = []
     for i in range(b):
-        mass = layers[i, :, ALPHA_CHANNEL].flatten(1).mean(1)
-        occupied = [j for j in range(k) if float(mass[j]) > min_area]
+        is_occupied = occupied_slots(layers[i, :, ALPHA_CHANNEL], min_area)
+        occupied = [j for j in range(k) if bool(is_occupied[j])]
         empty = [j for j in range(k) if j not in occupied]
         best, best_err = occupied + empty, None
-        if len(occupied) <= MAX_EXHAUSTIVE_SLOTS:
-            vi = None if valid is None else valid[i : i + 1]
-            for cand in itertools.permutations(occupied):
-                order = list(cand) + empty
-                err = float(
-                    slot_order_error(layers[i : i + 1], background[i : i + 1], photo[i : i + 1], vi, order)[0]
-                )
-                if best_err is None or err < best_err - 1e-12:
-                    best, best_err = order, err
+        vi = None if valid is None else valid[i : i + 1]
+        for cand in slot_orders(occupied):
+            order = list(cand) + empty
+            err = float(
+                slot_order_error(layers[i : i + 1], background[i : i + 1], photo[i : i + 1], vi, order)[0]
+            )
+            if best_err is None or err < best_err - 1e-12:
+                best, best_err = order, err
         perms.append(best)
     return torch.tensor(perms, dtype=torch.long, device=layers.device)
 
@@ -208,3 +153,6 @@ def _shrink(size: int, *images: torch.Tensor | None) -> list[torch.Tensor | None
         small = F.interpolate(flat, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
         out.append(small.reshape(*image.shape[:-2], *small.shape[-2:]))
     return out
+
+
+__all__ = ["MODES", "SCHEDULES", "GuidanceConfig", "best_slot_order", "decoded_error", "guide_x0"]

@@ -5,45 +5,46 @@ timesteps (denoise all slots at once, optionally reorder the object slots, apply
 decode. ``decompose`` wraps it for one photo of any size: letterbox to the model's square, sample, map back,
 and keep the slots that hold an object.
 
-Components (diffusers ``save_pretrained``/``from_pretrained``): ``unet`` (``cobl.model.CObLModel``),
-``scheduler``, and ``vae`` (an ``AutoencoderKL`` for the ``vae`` codec, ``None`` for ``space_to_depth``); the
-codec kind and factor are plain config values, and the codec object is rebuilt from them. ``CObLModel`` lives
-outside diffusers, so its module must be imported before loading: this module imports it, which is what
-diffusers' loader looks up (``sys.modules['cobl.model.network']``).
+The one on-disk model format (what ``cobl train`` writes to ``RUN/final/``, what ``cobl infer``/``cobl eval``
+and the demo read) is this pipeline's diffusers layout, written by ``save_pretrained(dir)`` and read by
+``from_pretrained(dir)``::
+
+    DIR/model_index.json   components + config: codec_kind, codec_factor, cobl_config (the CObLConfig the
+                           model was built from, as a dict), training (global_step, ema, skipped, ...)
+    DIR/unet/              CObLModel (config.json + diffusion_pytorch_model.safetensors)
+    DIR/scheduler/         the sampler (DDIM, with the training noise schedule and prediction type)
+    DIR/vae/               AutoencoderKL, only for the ``vae`` codec
+
+The codec object is rebuilt from ``codec_kind``/``codec_factor`` (and the ``vae`` component). ``CObLModel``
+lives outside diffusers, so its module must be imported before loading: this module imports it, which is
+what diffusers' loader looks up (``sys.modules['cobl.model.network']``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from cobl.core.errors import UserError
 from cobl.core.layers import ALPHA_CHANNEL, visible_weights
-from cobl.model.bundle import BUNDLE_FILE, load_bundle
+from cobl.core.policy import MIN_OBJECT_AREA
 from cobl.model.codec import SpaceToDepthCodec, VAECodec, encode_condition
+from cobl.model.configs import CObLConfig
 from cobl.model.network import CObLModel
 from cobl.model.parametrization import output_from_x0, predict_x0
-from cobl.model.slots import permute_slots
-from infer.guidance import (
-    GuidanceConfig,
-    best_slot_order,
-    decoded_error,
-    guide_x0,
-    normalised_step,
-)
+from cobl.model.slots import occupied_slots, permute_slots
+from infer.guidance import best_slot_order, decoded_error, guide_x0, normalised_step
 from infer.io import Letterbox
+from infer.settings import DEFAULT_SAMPLING_STEPS, MIN_VISIBLE, SAMPLERS, GuidanceConfig
 
-SAMPLERS = ("ddim", "dpm")
-MIN_AREA = (
-    0.02  # a slot is an object when its alpha mass exceeds this fraction of the pixels (as the authors)
-)
-MIN_VISIBLE = 0.01  # ... and when more than this fraction of it is visible (fully hidden slots are dropped)
+_GUIDANCE = GuidanceConfig()  # the defaults of __call__'s guidance arguments
 
 
 @dataclass
@@ -68,10 +69,14 @@ class CObLPipeline(DiffusionPipeline):
         vae: Any = None,
         codec_kind: str = "space_to_depth",
         codec_factor: int = 4,
+        cobl_config: dict[str, Any] | None = None,
+        training: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
-        self.register_to_config(codec_kind=codec_kind, codec_factor=codec_factor)
+        self.register_to_config(
+            codec_kind=codec_kind, codec_factor=codec_factor, cobl_config=cobl_config, training=training
+        )
         if codec_kind == "space_to_depth":
             self.codec = SpaceToDepthCodec(codec_factor)
         elif codec_kind == "vae":
@@ -82,11 +87,40 @@ class CObLPipeline(DiffusionPipeline):
             raise ValueError(f"codec_kind must be 'space_to_depth' or 'vae', got {codec_kind!r}")
 
     @classmethod
-    def from_parts(cls, unet: CObLModel, scheduler: Any, codec: Any) -> CObLPipeline:
-        """Assemble from a model, a scheduler and a ``cobl.codec`` codec (as the trainer holds them)."""
+    def from_parts(
+        cls,
+        unet: CObLModel,
+        scheduler: Any,
+        codec: Any,
+        config: CObLConfig | None = None,
+        **training: Any,
+    ) -> CObLPipeline:
+        """Assemble from a model, a scheduler and a ``cobl.model.codec`` codec (as the trainer holds them).
+
+        A training scheduler (DDPM) is swapped for DDIM with the same noise schedule, the default sampler.
+        ``config`` (the model's ``CObLConfig``) and ``training`` (step, EMA, ...) are saved with the model."""
+        if isinstance(scheduler, DDPMScheduler):
+            scheduler = DDIMScheduler.from_config(scheduler.config)
+        extras = dict(
+            cobl_config=None if config is None else json.loads(config.to_json()),
+            training=training or None,
+        )
         if isinstance(codec, VAECodec):
-            return cls(unet=unet, scheduler=scheduler, vae=codec.vae, codec_kind="vae")
-        return cls(unet=unet, scheduler=scheduler, vae=None, codec_kind=codec.kind, codec_factor=codec.factor)
+            return cls(unet=unet, scheduler=scheduler, vae=codec.vae, codec_kind="vae", **extras)
+        return cls(
+            unet=unet,
+            scheduler=scheduler,
+            vae=None,
+            codec_kind=codec.kind,
+            codec_factor=codec.factor,
+            **extras,
+        )
+
+    @property
+    def cobl_config(self) -> CObLConfig | None:
+        """The config the model was built from (None for a pipeline assembled without one)."""
+        saved = self.config.cobl_config
+        return None if saved is None else CObLConfig.from_dict(saved)
 
     @property
     def num_objects(self) -> int:
@@ -107,7 +141,7 @@ class CObLPipeline(DiffusionPipeline):
     def use_sampler(self, name: str) -> None:
         """Swap the scheduler for DDIM or DPM-Solver++ with the same noise schedule and prediction type."""
         if name not in SAMPLERS:
-            raise UserError(f"--sampler: expected one of {SAMPLERS}, got {name!r}")
+            raise UserError(f"expected one of {SAMPLERS}, got {name!r}", option="sampler")
         kind = DDIMScheduler if name == "ddim" else DPMSolverMultistepScheduler
         if not isinstance(self.scheduler, kind):
             self.scheduler = kind.from_config(self.scheduler.config)
@@ -129,15 +163,15 @@ class CObLPipeline(DiffusionPipeline):
         self,
         photo: torch.Tensor,
         depth: torch.Tensor | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 1.0,
+        num_inference_steps: int = DEFAULT_SAMPLING_STEPS,
+        guidance_scale: float = _GUIDANCE.scale,
         generator: torch.Generator | None = None,
         *,
-        guidance_schedule: str = "linear",
-        guidance_mode: str = "both",
-        guidance_start: float = 0.0,
-        denoiser_gradient_until: float = 0.25,
-        reorder_every: int = 0,
+        guidance_schedule: str = _GUIDANCE.schedule,
+        guidance_mode: str = _GUIDANCE.mode,
+        guidance_start: float = _GUIDANCE.start,
+        denoiser_gradient_until: float = _GUIDANCE.denoiser_until,
+        reorder_every: int = _GUIDANCE.reorder_every,
         valid_mask: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
         return_dict: bool = True,
@@ -166,9 +200,7 @@ class CObLPipeline(DiffusionPipeline):
         valid = None if valid_mask is None else valid_mask.to(device, dtype)
         b = photo.shape[0]
         if self.uses_depth and depth is None:
-            raise UserError(
-                "this model is depth-conditioned: give a depth map of the photo (cobl infer --depth FILE)"
-            )
+            raise UserError("this model is depth-conditioned: give a depth map of the photo", option="depth")
         depth = depth.to(device, dtype) if self.uses_depth else None
         photo_latents = encode_condition(self.codec, photo, depth)
         shape = (b, self.unet.config.num_slots, self.unet.config.slot_channels, *photo_latents.shape[-2:])
@@ -238,22 +270,23 @@ class Decomposition:
 
 
 def discover_objects(
-    layers: torch.Tensor, min_area: float = MIN_AREA, min_visible: float = MIN_VISIBLE
+    layers: torch.Tensor, min_area: float = MIN_OBJECT_AREA, min_visible: float = MIN_VISIBLE
 ) -> list[int]:
-    """Slots of ``layers [K, 4, H, W]`` that hold an object: alpha mass above ``min_area`` of the pixels and a
-    visible fraction (behind the slots in front of it) above ``min_visible``."""
+    """Slots of ``layers [K, 4, H, W]`` that hold an object: occupied (``cobl.model.slots.occupied_slots``,
+    alpha mass above ``min_area`` of the pixels) and a visible fraction (behind the slots in front of it)
+    above ``min_visible``."""
     alphas = layers[:, ALPHA_CHANNEL].double()
     mass = alphas.flatten(1).sum(1)
     visible = visible_weights(alphas).flatten(1).sum(1)
-    area = mass / alphas[0].numel()
+    occupied = occupied_slots(alphas, min_area)
     fraction = torch.where(mass > 0, visible / mass.clamp_min(1e-12), torch.zeros_like(mass))
-    return [k for k in range(len(layers)) if area[k] > min_area and fraction[k] > min_visible]
+    return [k for k in range(len(layers)) if occupied[k] and fraction[k] > min_visible]
 
 
 def kept_stack(
     layers: torch.Tensor,
     background: torch.Tensor,
-    min_area: float = MIN_AREA,
+    min_area: float = MIN_OBJECT_AREA,
     min_visible: float = MIN_VISIBLE,
 ) -> Decomposition:
     """Drop the empty / fully hidden slots of one decoded stack ``[K, 4, H, W]``."""
@@ -276,10 +309,10 @@ def decompose(
     photo: torch.Tensor,
     depth: torch.Tensor | None = None,
     *,
-    num_inference_steps: int = 50,
-    guidance_scale: float = 1.0,
+    num_inference_steps: int = DEFAULT_SAMPLING_STEPS,
+    guidance_scale: float = _GUIDANCE.scale,
     seed: int = 0,
-    min_area: float = MIN_AREA,
+    min_area: float = MIN_OBJECT_AREA,
     min_visible: float = MIN_VISIBLE,
     **kwargs: Any,
 ) -> Decomposition:
@@ -306,34 +339,50 @@ def decompose(
 MODEL_INDEX = "model_index.json"
 
 
-def load_pipeline(path: str | Path, device: str | torch.device | None = None) -> CObLPipeline:
-    """A pipeline from a saved pipeline folder (``model_index.json``), a trainer export (``cobl.bundle``
-    layout, ``RUN/final``), or a run folder holding ``final/``; anything else is a one-line UserError."""
+def model_folder(path: str | Path) -> Path:
+    """The saved pipeline ``path`` names: ``path`` itself, or ``path/final`` for a ``cobl train`` run folder;
+    a one-line UserError (``option="model"``) when neither holds a ``model_index.json``."""
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"--model {path}: no such model folder")
+        raise UserError(f"{path}: no such model folder", option="model")
     for folder in (path, path / "final"):
-        try:
-            if (folder / MODEL_INDEX).is_file():
-                pipe = CObLPipeline.from_pretrained(folder)
-                break
-            if (folder / BUNDLE_FILE).is_file():
-                bundle = load_bundle(folder)
-                scheduler = DDIMScheduler.from_config(bundle.scheduler.config)
-                pipe = CObLPipeline.from_parts(bundle.model, scheduler, bundle.codec)
-                break
-        except UserError:
-            raise
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise UserError(f"--model {folder}: cannot load the model ({first[:200]})") from None
-    else:
-        raise UserError(
-            f"--model {path}: not a CObL model (expected a run folder with final/, an export with "
-            f"{BUNDLE_FILE}, or a saved pipeline with {MODEL_INDEX})"
-        )
+        if (folder / MODEL_INDEX).is_file():
+            return folder
+    raise UserError(
+        f"{path}: not a CObL model (expected a saved pipeline with {MODEL_INDEX}, or a run folder with "
+        f"final/{MODEL_INDEX})",
+        option="model",
+    )
+
+
+def load_pipeline(path: str | Path, device: str | torch.device | None = None) -> CObLPipeline:
+    """``CObLPipeline.from_pretrained`` of ``model_folder(path)``, in eval mode without progress bars;
+    a one-line UserError when it does not load."""
+    folder = model_folder(path)
+    try:
+        pipe = CObLPipeline.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{folder}: cannot load the model ({first[:200]})", option="model") from None
+    if not isinstance(pipe, CObLPipeline):
+        raise UserError(f"{folder}: a {type(pipe).__name__}, not a CObL model", option="model")
     pipe.unet.eval()
     pipe.set_progress_bar_config(disable=True)
     if device is not None:
         pipe.to(device)
     return pipe
+
+
+def export_info(path: str | Path) -> dict[str, Any]:
+    """What a saved pipeline records about its model and training, without loading any weights:
+    ``{"num_objects", "resolution", "codec", "config", **training}`` (``training``: global_step, ema, ...)."""
+    folder = model_folder(path)
+    index = json.loads((folder / MODEL_INDEX).read_text())
+    config = index.get("cobl_config") or {}
+    return {
+        "num_objects": config.get("num_objects"),
+        "resolution": config.get("resolution"),
+        "codec": index.get("codec_kind"),
+        "config": config,
+        **(index.get("training") or {}),
+    }

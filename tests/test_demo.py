@@ -40,7 +40,7 @@ def test_every_artifact_exists_and_parses(demo_out):
             assert any(m.name.endswith(".rgb.png") for m in tar.getmembers())
     assert (demo_out / "data" / "README.md").read_text().startswith("#")
     assert (demo_out / "data" / "gallery" / "index.html").is_file()
-    assert (demo_out / "run" / "final" / "cobl.json").is_file()
+    assert (demo_out / "run" / "final" / "model_index.json").is_file()
     # The default model is conditioned on the photo and the renderer's depth (cobl.depth).
     assert json.loads((demo_out / "model_config.json").read_text())["depth_condition"] is True
     assert "the photo and the renderer" in (demo_out / "report.html").read_text()
@@ -66,12 +66,12 @@ def test_report_numbers_equal_metrics_json(demo_out):
 
 
 def test_rerun_resumes_without_redoing(demo_out, capsys):
-    before = (demo_out / "run" / "final" / "cobl.json").stat().st_mtime_ns
+    before = (demo_out / "run" / "final" / "model_index.json").stat().st_mtime_ns
     assert main(["demo", "--out", str(demo_out), *MINI]) == 0
     printed = capsys.readouterr().out
     for stage in ("data", "publish", "train", "eval"):
         assert f"stage {stage} already done" in printed
-    assert (demo_out / "run" / "final" / "cobl.json").stat().st_mtime_ns == before
+    assert (demo_out / "run" / "final" / "model_index.json").stat().st_mtime_ns == before
 
 
 def test_bad_option_is_one_line_error(tmp_path, capsys):

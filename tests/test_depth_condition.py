@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,10 +15,10 @@ from PIL import Image
 import cobl.app.cli
 from cobl.core import schema
 from cobl.core.errors import UserError
-from cobl.model.bundle import build, save_bundle
 from cobl.model.configs import tiny_config
 from cobl.model.data import collate, decode_sample
 from cobl.model.depth import load_depth_file, relative_disparity
+from cobl.model.factory import build
 from infer.pipeline import CObLPipeline, load_pipeline
 from tests.shardmaker import make_scene, scene_depth, scene_members, write_shard
 from train.loss import diffusion_loss
@@ -43,8 +44,9 @@ def test_depth_files_npy_in_metres_and_images_of_inverse_depth_agree(tmp_path):
     assert torch.allclose(from_npy, from_png, atol=1e-4)
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
     for bad in ("bad.npy", "d.txt"):
-        with pytest.raises(UserError, match="--depth"):
+        with pytest.raises(UserError, match=bad) as err:
             load_depth_file(tmp_path / bad)
+        assert err.value.option == "depth" and err.value.as_flag().startswith("--depth: ")
 
 
 def _samples(n: int, seed: int = 0) -> list[dict]:
@@ -58,11 +60,11 @@ def _samples(n: int, seed: int = 0) -> list[dict]:
 
 def test_decoded_depth_puts_objects_nearer_than_the_table():
     sample = _samples(1)[0]
-    depth, ids = sample["depth"], sample["ids"]
+    depth, ids = sample.depth, sample.ids
     assert depth.shape == (1, RES, RES)
     assert depth[0][ids > 0].min() > depth[0][ids == 0].max()
     members = scene_members(make_scene(np.random.default_rng(0), RES, 2), 3, "k0")
-    assert decode_sample({"__key__": "k0", **members}, 3, RES, depth=False)["depth"] is None
+    assert decode_sample({"__key__": "k0", **members}, 3, RES, depth=False).depth is None
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +78,14 @@ def test_depth_model_starts_depth_blind_and_the_loss_reaches_the_depth_weights(d
     assert model.condition_channels == codec.photo_channels + codec.depth_channels
     batch = collate(_samples(2))
     first = diffusion_loss(model, codec, scheduler, batch, step=0)
-    flat = dict(batch, depth=torch.zeros_like(batch["depth"]))
+    flat = dataclasses.replace(batch, depth=torch.zeros_like(batch.depth))
     assert torch.equal(first, diffusion_loss(model, codec, scheduler, flat, step=0))  # zero-initialised
     first.backward()
     depth_inputs = slice(model.config.slot_channels + codec.photo_channels, None)
     assert model.unet.conv_in.weight.grad[:, depth_inputs].abs().sum() > 0
     model.zero_grad()
     with pytest.raises(UserError, match="depth"):
-        diffusion_loss(model, codec, scheduler, dict(batch, depth=None), step=0)
+        diffusion_loss(model, codec, scheduler, dataclasses.replace(batch, depth=None), step=0)
 
 
 def test_depth_pipeline_needs_depth_uses_it_and_survives_save_reload(depth_parts, tmp_path):
@@ -91,7 +93,7 @@ def test_depth_pipeline_needs_depth_uses_it_and_survives_save_reload(depth_parts
     pipe = CObLPipeline.from_parts(model.eval(), DDIMScheduler.from_config(scheduler.config), codec)
     pipe.set_progress_bar_config(disable=True)
     sample = _samples(1, seed=3)[0]
-    photo, depth = sample["photo"][None], sample["depth"][None]
+    photo, depth = sample.photo[None], sample.depth[None]
     with pytest.raises(UserError, match="depth"):
         pipe(photo, num_inference_steps=2)
     with torch.no_grad():  # give the depth inputs weight, as training does
@@ -110,7 +112,8 @@ def test_depth_pipeline_needs_depth_uses_it_and_survives_save_reload(depth_parts
 def test_infer_and_eval_cli_with_a_depth_model(depth_parts, tmp_path, monkeypatch, capsys):
     model, codec, scheduler = depth_parts
     config = tiny_config(num_objects=3, resolution=RES).replace(depth_condition=True)
-    save_bundle(tmp_path / "run" / "final", model, codec, scheduler, config, global_step=0)
+    pipe = CObLPipeline.from_parts(model, scheduler, codec, config, global_step=0)
+    pipe.save_pretrained(tmp_path / "run" / "final")
     scene = make_scene(np.random.default_rng(4), RES, 2)
     photo_u8 = np.round(scene["photo"].transpose(1, 2, 0) * 255).astype(np.uint8)
     Image.fromarray(photo_u8).save(tmp_path / "p.png")
@@ -129,4 +132,3 @@ def test_infer_and_eval_cli_with_a_depth_model(depth_parts, tmp_path, monkeypatc
     eval_argv = ["eval", *common, "--data", str(tmp_path / "shards" / "test-*.tar"), "--out", str(metrics)]
     assert cobl.app.cli.main(eval_argv) == 0
     assert json.loads(metrics.read_text())["num_scenes"] == 2
-

@@ -6,9 +6,9 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from cobl.core.layers import composite
-from cobl.model.bundle import build
 from cobl.model.codec import SpaceToDepthCodec
 from cobl.model.configs import tiny_config
+from cobl.model.factory import build
 from cobl.model.parametrization import output_from_x0, predict_x0
 from cobl.model.slots import permute_slots
 from infer.guidance import (

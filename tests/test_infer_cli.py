@@ -13,8 +13,9 @@ from PIL import Image
 import cobl.app.cli
 from cobl.app.report import METRIC_COLUMNS
 from cobl.core import schema
-from cobl.model.bundle import build, save_bundle
 from cobl.model.configs import tiny_config
+from cobl.model.factory import build
+from infer.pipeline import CObLPipeline
 from tests.shardmaker import make_scene, write_shard
 
 torch.set_num_threads(1)
@@ -41,7 +42,9 @@ def workdir(tmp_path_factory):
     torch.manual_seed(0)
     config = tiny_config(num_objects=3, resolution=RES)
     model, codec, scheduler = build(config)
-    save_bundle(root / "run" / "final", model, codec, scheduler, config, global_step=0)
+    CObLPipeline.from_parts(model, scheduler, codec, config, global_step=0).save_pretrained(
+        root / "run" / "final"
+    )
     subprocess.run(
         [sys.executable, "-c", RENDER, str(root / "scene")],
         check=True,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from cobl.model.bundle import build
 from cobl.model.configs import tiny_config
 from cobl.model.data import collate, decode_sample
+from cobl.model.factory import build
 from tests.shardmaker import make_scene, scene_members
 from train.loss import diffusion_loss
 
@@ -34,12 +34,12 @@ def test_photo_skip_starts_at_zero_and_learns_to_copy_the_photo():
     without, _, _ = _model(False)
     without.load_state_dict(with_skip.state_dict(), strict=False)
     batch = _batch(2)
-    photo = codec.encode_photo(batch["photo"])
+    photo = codec.encode_photo(batch.photo)
     noisy = torch.randn(2, 4, codec.latent_channels, 8, 8)
     t = torch.tensor([500, 500])
     assert torch.equal(with_skip(noisy, t, photo), without(noisy, t, photo))  # zero-initialised
     # The skip is a per-slot linear map: regressing the background slot's RGB on the photo fits it exactly.
-    target = codec.encode_layers(batch["layers"], batch["background"])
+    target = codec.encode_layers(batch.layers, batch.background)
     opt = torch.optim.Adam([with_skip.photo_skip_weight, with_skip.photo_skip_bias], lr=0.05)
     for p in with_skip.unet.parameters():
         p.requires_grad_(False)
@@ -73,7 +73,7 @@ def test_hidden_weight_is_neutral_when_nothing_is_hidden_and_weighs_hidden_parts
     plain = diffusion_loss(model, codec, scheduler, single, step=0)
     assert torch.allclose(plain, diffusion_loss(model, codec, scheduler, single, step=0, hidden_weight=20))
     crowded = _batch(3, seed=1)
-    alphas = crowded["layers"][:, :, 3]
+    alphas = crowded.layers[:, :, 3]
     assert (alphas - visible_weights(alphas)).sum() > 0  # some object is behind another
     plain = diffusion_loss(model, codec, scheduler, crowded, step=0)
     weighted = diffusion_loss(model, codec, scheduler, crowded, step=0, hidden_weight=20)

@@ -1,4 +1,4 @@
-"""CObLModel, cross-slot attention, codecs and the exported bundle, on tiny shapes."""
+"""CObLModel, cross-slot attention, codecs and the exported pipeline, on tiny shapes."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 from cobl.core.errors import UserError
 from cobl.core.layers import composite
-from cobl.model.bundle import build, load_bundle, save_bundle
 from cobl.model.codec import SpaceToDepthCodec, VAECodec, encode_condition
 from cobl.model.configs import get_config, sd_config, tiny_config
 from cobl.model.cross_slot import CrossSlotAttention
+from cobl.model.factory import build
 from cobl.model.network import CObLModel
+from infer.pipeline import CObLPipeline, export_info, load_pipeline
 
 torch.set_num_threads(1)
 
@@ -185,34 +186,41 @@ def test_sd_config_loads_local_diffusers_folder_and_bundle_roundtrip(tmp_path):
         ref = unet(lat[:, 1, :4], torch.tensor([300]), encoder_hidden_states=model.null_encoder_hidden_states)
         torch.testing.assert_close(out[:, 1, :4], ref.sample, atol=1e-5, rtol=1e-5)
 
-    save_bundle(tmp_path / "final", model, codec, scheduler, config, global_step=0)
-    bundle = load_bundle(tmp_path / "final")
-    assert bundle.meta["num_objects"] == 2 and bundle.meta["codec"] == "vae"
+    CObLPipeline.from_parts(model, scheduler, codec, config, global_step=0).save_pretrained(
+        tmp_path / "final"
+    )
+    loaded = CObLPipeline.from_pretrained(tmp_path / "final")
+    assert export_info(tmp_path / "final")["num_objects"] == 2 and loaded.config.codec_kind == "vae"
+    assert isinstance(loaded.codec, VAECodec) and loaded.cobl_config == config
     with torch.no_grad():
-        torch.testing.assert_close(bundle.model(lat, torch.tensor([300]), pl), out)
+        torch.testing.assert_close(loaded.unet(lat, torch.tensor([300]), pl), out)
+        torch.testing.assert_close(loaded.codec.encode_photo(photo), pl)
 
 
-def test_tiny_build_and_bundle(tmp_path):
+def test_tiny_build_and_export(tmp_path):
     config = tiny_config(num_objects=2, resolution=32)
     model, codec, scheduler = build(config)
     assert model.config.train_base and scheduler.config.prediction_type == "sample"
     before = copy.deepcopy(model.state_dict())
-    save_bundle(tmp_path / "final", model, codec, scheduler, config)
-    bundle = load_bundle(tmp_path / "final")
-    assert isinstance(bundle.codec, SpaceToDepthCodec) and bundle.config == config
-    for k, v in bundle.model.state_dict().items():
+    CObLPipeline.from_parts(model, scheduler, codec, config).save_pretrained(tmp_path / "final")
+    loaded = CObLPipeline.from_pretrained(tmp_path / "final")
+    assert isinstance(loaded.codec, SpaceToDepthCodec) and loaded.cobl_config == config
+    for k, v in loaded.unet.state_dict().items():
         torch.testing.assert_close(v, before[k])
 
 
 def test_bad_config_and_pretrained_are_user_errors(tmp_path):
-    with pytest.raises(UserError, match="--config"):
+    with pytest.raises(UserError, match="huge") as err:
         get_config("huge")
-    with pytest.raises(UserError, match="--pretrained"):
+    assert err.value.option == "config" and err.value.as_flag().startswith("--config: ")
+    with pytest.raises(UserError, match="Stable Diffusion") as err:
         build(sd_config(), pretrained=tmp_path)
+    assert err.value.option == "pretrained"
     with pytest.raises(UserError, match="resolution"):
         tiny_config().replace(resolution=30)
-    with pytest.raises(UserError, match="not a CObL model export"):
-        load_bundle(tmp_path)
+    with pytest.raises(UserError, match="not a CObL model") as err:
+        load_pipeline(tmp_path)
+    assert err.value.option == "model"
 
 
 def test_train_vae_saves_a_loadable_vae_with_its_psnr(tmp_path):

@@ -9,10 +9,10 @@ from diffusers import DDIMScheduler
 
 from cobl.core.errors import UserError
 from cobl.core.layers import EMPTY_RGB
-from cobl.model.bundle import build, save_bundle
 from cobl.model.configs import tiny_config
+from cobl.model.factory import build
 from infer.io import Letterbox
-from infer.pipeline import CObLPipeline, decompose, discover_objects, kept_stack, load_pipeline
+from infer.pipeline import CObLPipeline, decompose, discover_objects, export_info, kept_stack, load_pipeline
 from tests.shardmaker import make_scene
 
 torch.set_num_threads(1)
@@ -61,14 +61,26 @@ def test_save_reload_gives_identical_layers(pipe, photo, tmp_path):
 
 
 def test_loads_trainer_export_and_run_folder(parts, pipe, photo, tmp_path):
+    """The trainer's export (``from_parts`` of its DDPM training scheduler, config and training record) is
+    the one saved-pipeline layout, read by ``from_pretrained`` or, for a run folder, ``load_pipeline``."""
     model, codec, scheduler = parts
-    save_bundle(
-        tmp_path / "run" / "final", model, codec, scheduler, tiny_config(num_objects=3, resolution=RES)
-    )
-    for path in (tmp_path / "run", tmp_path / "run" / "final"):
-        loaded = load_pipeline(path)
+    config = tiny_config(num_objects=3, resolution=RES)
+    exported = CObLPipeline.from_parts(model, scheduler, codec, config, global_step=7)
+    exported.save_pretrained(tmp_path / "run" / "final")
+    assert sorted(p.name for p in (tmp_path / "run" / "final").iterdir()) == [
+        "model_index.json",
+        "scheduler",
+        "unet",
+    ]
+    for loaded in (
+        CObLPipeline.from_pretrained(tmp_path / "run" / "final"),
+        load_pipeline(tmp_path / "run"),
+        load_pipeline(tmp_path / "run" / "final"),
+    ):
         assert isinstance(loaded.scheduler, DDIMScheduler)
+        assert loaded.cobl_config == config and loaded.config.training == {"global_step": 7}
         assert torch.equal(_sample(loaded, photo, 3).layers, _sample(pipe, photo, 3).layers)
+    assert export_info(tmp_path / "run")["global_step"] == 7
 
 
 def test_load_errors_are_one_line(tmp_path):

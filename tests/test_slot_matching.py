@@ -8,6 +8,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from cobl.core.layers import EMPTY_RGB, composite
+from cobl.model.batch import Batch
 from cobl.model.codec import SpaceToDepthCodec
 from cobl.model.parametrization import output_from_x0
 from cobl.model.slots import interchangeable_orders, permute_slots
@@ -74,12 +75,7 @@ class _Oracle(torch.nn.Module):
 def test_slot_matching_loss_accepts_an_interchangeable_order_for_every_parametrization():
     layers, background = _stack()
     codec = SpaceToDepthCodec(4)
-    batch = {
-        "layers": layers,
-        "background": background,
-        "photo": composite(layers, background),
-        "key": ["scene0"],
-    }
+    batch = Batch(layers=layers, background=background, photo=composite(layers, background), keys=["scene0"])
     latents = codec.encode_layers(layers, background)
     other_order = permute_slots(latents, torch.tensor([[2, 0, 1, 3]]))  # object 2 moved to the front
     for prediction_type in ("sample", "epsilon", "v_prediction"):

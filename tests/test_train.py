@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,9 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cobl.model.bundle import build, load_bundle
 from cobl.model.configs import tiny_config
 from cobl.model.data import collate, decode_sample
+from cobl.model.factory import build
+from infer.pipeline import CObLPipeline, export_info
 from tests.shardmaker import write_shard
 from train.loop import SimulatedKill, train
 from train.loss import diffusion_loss
@@ -82,9 +82,49 @@ def test_kill_and_resume_continues_the_same_trajectory(shards, tmp_path):
     b = load_file(tmp_path / "cut" / "final" / "unet" / "diffusion_pytorch_model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
-    meta = json.loads((tmp_path / "full" / "final" / "cobl.json").read_text())
+    meta = export_info(tmp_path / "full" / "final")
     assert meta["num_objects"] == 3 and meta["global_step"] == 4 and meta["codec"] == "space_to_depth"
-    assert load_bundle(tmp_path / "full" / "final").model.num_slots == 4
+    assert meta["ema"] is True and meta["config"]["resolution"] == 32
+    loaded = CObLPipeline.from_pretrained(tmp_path / "full" / "final")
+    assert loaded.unet.num_slots == 4 and loaded.cobl_config == tiny_config(num_objects=3, resolution=32)
+
+
+_FRESH_PROCESS_SAMPLE = """
+import sys, torch
+from infer.pipeline import CObLPipeline
+pipe = CObLPipeline.from_pretrained(sys.argv[1])
+pipe.set_progress_bar_config(disable=True)
+photo = torch.load(sys.argv[2])
+out = pipe(photo, num_inference_steps=3, generator=torch.Generator().manual_seed(11))
+torch.save({"layers": out.layers, "background": out.background}, sys.argv[3])
+"""
+
+
+def test_export_loads_in_a_fresh_process_with_the_same_layers(shards, tmp_path):
+    """``cobl train``'s RUN/final is a diffusers pipeline folder: ``CObLPipeline.from_pretrained`` in a new
+    Python process samples exactly what the in-process model sampled right after training."""
+    import numpy as np
+
+    from tests.shardmaker import make_scene
+
+    result = train(_opts(shards, tmp_path / "run", max_steps=3, checkpoint_every=100))
+    assert result["final"] == str(tmp_path / "run" / "final")
+    assert (tmp_path / "run" / "final" / "model_index.json").is_file()
+    assert not (tmp_path / "run" / "final" / "cobl.json").exists()
+    pipe = result["pipeline"]
+    pipe.unet.eval()
+    photo = torch.from_numpy(make_scene(np.random.default_rng(3), 32, 3)["photo"]).float()[None]
+    torch.save(photo, tmp_path / "photo.pt")
+    here = pipe(photo, num_inference_steps=3, generator=torch.Generator().manual_seed(11))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-c", _FRESH_PROCESS_SAMPLE, result["final"], str(tmp_path / "photo.pt")]
+    proc = subprocess.run(
+        [*cmd, str(tmp_path / "out.pt")], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    there = torch.load(tmp_path / "out.pt")
+    assert torch.equal(here.layers, there["layers"]) and torch.equal(here.background, there["background"])
+    assert not torch.equal(here.layers, pipe(photo, num_inference_steps=3).layers)  # the seed matters
 
 
 def test_two_process_ddp_equals_one_process_with_doubled_batch(shards, tmp_path):
@@ -163,5 +203,5 @@ def test_ray_train_with_two_local_cpu_workers(shards, tmp_path):
         local=True,
     )
     assert result["global_step"] == 2
-    assert (tmp_path / "ray" / "final" / "cobl.json").is_file()
-    assert load_bundle(tmp_path / "ray" / "final").model.num_slots == 4
+    assert result["num_objects"] == 3 and result["final"] == str(tmp_path / "ray" / "final")
+    assert CObLPipeline.from_pretrained(tmp_path / "ray" / "final").unet.num_slots == 4

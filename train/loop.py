@@ -6,7 +6,8 @@ Run directory layout::
                                      trainer_state.json (step) + data_state-rank{r}.json (stream positions)
     RUN/logs/                        TensorBoard scalars, validation images (photo | layers | recomposition)
     RUN/metrics.jsonl                one JSON line per logged step
-    RUN/final/                       the exported model (layout in ``cobl.bundle``)
+    RUN/final/                       the exported model: ``CObLPipeline.save_pretrained`` (infer.pipeline),
+                                     loaded with ``CObLPipeline.from_pretrained(RUN/final)``
 
 Resume (``--resume latest``) restores all of the checkpoint, and the data streams continue at the recorded
 positions; per-sample noise is a function of (seed, step, key) (``train.loss``), so a resumed run follows the
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import shutil
 import time
 import warnings
@@ -49,33 +49,38 @@ def find_checkpoint(out: Path, resume: str) -> Path:
     if resume != "latest":
         path = Path(resume)
         if not (path / "trainer_state.json").is_file():
-            raise UserError(f"--resume {resume}: not a checkpoint directory (no trainer_state.json)")
+            raise UserError(f"{resume}: not a checkpoint directory (no trainer_state.json)", option="resume")
         return path
     done = sorted(p for p in (out / CHECKPOINT_DIR).glob("step-*") if (p / "trainer_state.json").is_file())
     if not done:
-        raise UserError(f"--resume latest: no checkpoint under {out / CHECKPOINT_DIR}")
+        raise UserError(f"latest: no checkpoint under {out / CHECKPOINT_DIR}", option="resume")
     return done[-1]
 
 
 def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, Any]:
-    """Train per ``opts``; returns ``{"losses": {step: loss}, "final": path, "global_step": n}``."""
+    """Train per ``opts``; returns ``{"losses": {step: loss}, "final": path, "global_step": n, "pipeline"}``.
+
+    ``pipeline``: on the main process, the ``CObLPipeline`` around the in-process model that was exported to
+    ``final`` (None on the other ranks; with ``ema`` its model holds the raw weights again afterwards, the
+    export the EMA ones)."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    from cobl.model.bundle import build, save_bundle
     from cobl.model.data import batches, expand_urls, make_dataset, make_loader
+    from cobl.model.factory import build
     from train.loss import diffusion_loss
 
     out = Path(opts.out)
     config = resolve_config(opts)
     urls = expand_urls(opts.data)  # UserError naming the pattern when nothing matches
-    if opts.max_steps < 1 or opts.batch_size < 1:
-        raise UserError("--max-steps and --batch-size must be >= 1")
+    for name in ("max_steps", "batch_size"):
+        if getattr(opts, name) < 1:
+            raise UserError(f"must be >= 1, got {getattr(opts, name)}", option=name)
     if opts.mixed_precision not in ("no", "fp16", "bf16"):
-        raise UserError(f"--mixed-precision: expected no, fp16 or bf16, got {opts.mixed_precision!r}")
+        raise UserError(f"expected no, fp16 or bf16, got {opts.mixed_precision!r}", option="mixed_precision")
 
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
@@ -156,11 +161,11 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
             for _ in range(opts.gradient_accumulation_steps):
                 batch = next(batch_iter, None)
                 if batch is None:
-                    raise UserError(f"--data {opts.data!r}: the shards yielded no usable sample")
-                for w, pos, sk in zip(batch["worker"], batch["position"], batch["skipped"], strict=True):
+                    raise UserError(f"{opts.data!r}: the shards yielded no usable sample", option="data")
+                for w, pos, sk in zip(batch.workers, batch.positions, batch.skipped, strict=True):
                     positions[w] = max(positions.get(w, -1), pos)
                     skipped_by_worker[w] = sk
-                batch = {k: (v.to(accelerator.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+                batch = batch.to(accelerator.device)
                 with accelerator.accumulate(model), accelerator.autocast():
                     loss = diffusion_loss(
                         model,
@@ -211,6 +216,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
                     accelerator.unwrap_model(model),
                     codec,
                     noise_scheduler,
+                    config,
                     val_samples,
                     writer,
                     global_step,
@@ -232,6 +238,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
     if any(skipped.values()):
         accelerator.print(f"skipped samples: {skipped}")
     final = out / "final"
+    pipeline = None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         from cobl.core.atomic import atomic_path
@@ -241,8 +248,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
             ema.store(unwrapped.trainable_parameters())
             ema.copy_to(unwrapped.trainable_parameters())
         with atomic_path(final) as tmp:
-            save_bundle(
-                tmp,
+            pipeline = export_pipeline(
                 unwrapped,
                 codec,
                 noise_scheduler,
@@ -251,12 +257,23 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
                 ema=bool(ema),
                 skipped=skipped,
             )
+            pipeline.save_pretrained(tmp, safe_serialization=True)
         if ema is not None:
             ema.restore(unwrapped.trainable_parameters())
         accelerator.print(f"exported {final}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return {"losses": losses, "final": str(final), "global_step": global_step}
+    return {"losses": losses, "final": str(final), "global_step": global_step, "pipeline": pipeline}
+
+
+def export_pipeline(model, codec, noise_scheduler, config, **training: Any):
+    """The trained model as the ``CObLPipeline`` that ``RUN/final`` holds (DDIM sampler, same noise schedule);
+    ``training`` (step, EMA, skipped counts) is saved in its config."""
+    from infer.pipeline import CObLPipeline
+
+    pipe = CObLPipeline.from_parts(model, noise_scheduler, codec, config, **training)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _sum_counts(by_worker: dict[int, dict[str, int]]) -> dict[str, int]:
@@ -273,7 +290,7 @@ def _writer(out: Path):
     return SummaryWriter(str(out / "logs"))
 
 
-def _validation_samples(urls: list[str], config, opts: TrainOptions) -> dict[str, torch.Tensor | None] | None:
+def _validation_samples(urls: list[str], config, opts: TrainOptions):
     """The first few photos (and depths, for a depth-conditioned model) of the training shards."""
     if not opts.validate_every:
         return None
@@ -286,7 +303,7 @@ def _validation_samples(urls: list[str], config, opts: TrainOptions) -> dict[str
     return collate(samples) if samples else None
 
 
-def _log_validation(model, codec, noise_scheduler, samples, writer, step, opts, ema) -> None:
+def _log_validation(model, codec, noise_scheduler, config, samples, writer, step, opts, ema) -> None:
     if samples is None:
         return
     from train.validate import layer_grid, sample_layers
@@ -298,18 +315,16 @@ def _log_validation(model, codec, noise_scheduler, samples, writer, step, opts, 
     device = next(model.parameters()).device
     try:
         layers, background = sample_layers(
-            model,
-            codec,
-            noise_scheduler.config,
-            samples["photo"].to(device),
-            depth=None if samples["depth"] is None else samples["depth"].to(device),
+            export_pipeline(model, codec, noise_scheduler, config),
+            samples.photo.to(device),
+            depth=None if samples.depth is None else samples.depth.to(device),
             steps=opts.validation_steps,
             seed=opts.seed,
         )
     finally:
         if ema is not None:
             ema.restore(model.trainable_parameters())
-    grid = layer_grid(samples["photo"].to(device), layers.float(), background.float())
+    grid = layer_grid(samples.photo.to(device), layers.float(), background.float())
     writer.add_image("validation/photo|layers|background|recomposition", grid.cpu(), step)
 
 
@@ -336,8 +351,3 @@ def _save_checkpoint(
         for old in done[: max(0, len(done) - opts.checkpoints_total_limit)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
-
-
-def steps_per_epoch_hint(num_scenes: int, batch_size: int, world: int) -> int:
-    """Optimizer steps for one pass over ``num_scenes`` (for choosing --max-steps)."""
-    return max(1, math.ceil(num_scenes / (batch_size * world)))

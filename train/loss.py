@@ -13,6 +13,7 @@ import torch
 
 from cobl.core.errors import UserError
 from cobl.core.layers import visible_weights
+from cobl.model.batch import Batch
 from cobl.model.codec import encode_condition
 from cobl.model.data import sample_seed
 from cobl.model.parametrization import output_from_x0, predict_x0
@@ -41,7 +42,7 @@ def diffusion_loss(
     model: Any,
     codec: Any,
     scheduler: Any,
-    batch: dict[str, Any],
+    batch: Batch,
     step: int,
     seed: int = 0,
     snr_gamma: float | None = None,
@@ -67,20 +68,21 @@ def diffusion_loss(
     from the chosen clean latents and the same noisy input, so it stays consistent with what the model saw:
     at low noise only the data's own order explains the input, at high noise any interchangeable one does.
     """
-    device = batch["photo"].device
+    device = batch.photo.device
     with torch.no_grad():
         codec_dtype = next(iter(codec.parameters()), torch.empty(0)).dtype
-        latents = codec.encode_layers(batch["layers"].to(codec_dtype), batch["background"].to(codec_dtype))
-        depth = batch.get("depth") if _uses_depth(model) else None
+        latents = codec.encode_layers(batch.layers.to(codec_dtype), batch.background.to(codec_dtype))
+        depth = batch.depth if _uses_depth(model) else None
         if _uses_depth(model) and depth is None:
             raise UserError(
                 "the model is depth-conditioned (config depth_condition) but the batch has no depth: "
-                "the shard samples need depth.npy"
+                "the shard samples need depth.npy",
+                option="data",
             )
-        photo_latents = encode_condition(codec, batch["photo"].to(codec_dtype), depth)  # casts the depth
+        photo_latents = encode_condition(codec, batch.photo.to(codec_dtype), depth)  # casts the depth
     latents, photo_latents = latents.float(), photo_latents.float()
     noise, timesteps, drop = per_sample_noise(
-        batch["key"], step, seed, tuple(latents.shape[1:]), scheduler.config.num_train_timesteps, cond_dropout
+        batch.keys, step, seed, tuple(latents.shape[1:]), scheduler.config.num_train_timesteps, cond_dropout
     )
     noise, timesteps, drop = noise.to(device), timesteps.to(device), drop.to(device)
     photo_latents = torch.where(drop[:, None, None, None], torch.zeros_like(photo_latents), photo_latents)
@@ -88,7 +90,7 @@ def diffusion_loss(
     prediction_type = scheduler.config.prediction_type
     pred = model(noisy, timesteps, photo_latents)
     weight = torch.ones(1, 1, 1, 1, 1, device=device)
-    alphas = batch["layers"][:, :, 3].float().to(device)  # [B, K, H, W]
+    alphas = batch.layers[:, :, 3].float().to(device)  # [B, K, H, W]
     if object_weight > 0:
         union = alphas.amax(dim=1, keepdim=True)  # [B, 1, H, W]
         union = torch.nn.functional.adaptive_avg_pool2d(union, latents.shape[-2:])[:, :, None]
@@ -102,7 +104,7 @@ def diffusion_loss(
         latents = matched_latents(
             predict_x0(pred.detach().float(), noisy, alpha_bar, prediction_type),
             latents,
-            interchangeable_orders(batch["layers"]),
+            interchangeable_orders(batch.layers),
             weight,
         )
         target = output_from_x0(latents, noisy, alpha_bar, prediction_type)

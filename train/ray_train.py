@@ -13,7 +13,6 @@ process group, so DDP, checkpoints, resume and the export behave as under ``acce
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from train.options import TrainOptions
@@ -66,9 +65,11 @@ def run_ray(
         result = trainer.fit()
         if result.error is not None:
             raise result.error
-        final = os.path.join(opts.out, "final", "cobl.json")
-        exported = json.loads(open(final).read()) if os.path.isfile(final) else {}
-        return {**exported, **(result.metrics or {}), "final": os.path.dirname(final)}
+        from infer.pipeline import MODEL_INDEX, export_info
+
+        final = os.path.join(opts.out, "final")
+        exported = export_info(final) if os.path.isfile(os.path.join(final, MODEL_INDEX)) else {}
+        return {**exported, **(result.metrics or {}), "final": final}
     finally:
         if started:
             ray.shutdown()

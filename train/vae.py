@@ -28,12 +28,13 @@ TINY_VAE_KWARGS: dict[str, Any] = dict(
 )
 
 
-def _images(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Every image the codec encodes, as [N, 3, H, W] in [0, 1]."""
-    layers = batch["layers"].flatten(0, 1)
+def _images(photo: torch.Tensor, background: torch.Tensor, layers: torch.Tensor) -> torch.Tensor:
+    """Every image the codec encodes (photos [B,3,H,W], backgrounds, layers [B,K,4,H,W]), as [N, 3, H, W] in
+    [0, 1]."""
+    layers = layers.flatten(0, 1)
     alpha = layers[:, 3:4].expand(-1, 3, -1, -1)
     occupied = layers[:, 3].flatten(1).amax(1) > 0
-    return torch.cat([batch["photo"], batch["background"], layers[occupied, :3], alpha[occupied]])
+    return torch.cat([photo, background, layers[occupied, :3], alpha[occupied]])
 
 
 def fit_vae(
@@ -61,11 +62,14 @@ def fit_vae(
     vae = AutoencoderKL(sample_size=resolution, **TINY_VAE_KWARGS)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max_steps)
-    k = 99  # keep every scene: the VAE does not care about the slot count
-    stream = batches(iter(make_loader(make_dataset(urls, k, resolution, seed=seed), num_workers)), batch_size)
+    num_objects = 99  # keep every scene: the VAE does not care about the slot count
+    stream = batches(
+        iter(make_loader(make_dataset(urls, num_objects, resolution, seed=seed), num_workers)), batch_size
+    )
     start = time.perf_counter()
     for _ in tqdm(range(max_steps), desc="train-vae", unit="step"):
-        x = _images(next(stream)) * 2 - 1
+        batch = next(stream)
+        x = _images(batch.photo, batch.background, batch.layers) * 2 - 1
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = (recon - x).abs().mean() + ((recon - x) ** 2).mean() + kl_weight * posterior.kl().mean()
@@ -79,11 +83,11 @@ def fit_vae(
     psnr = PeakSignalNoiseRatio(data_range=1.0)
     n = 0
     with torch.no_grad():
-        eval_ds = make_dataset(urls, k, resolution, shuffle=False, epochs=1)
+        eval_ds = make_dataset(urls, num_objects, resolution, shuffle=False, epochs=1)
         for i, sample in enumerate(eval_ds):
             if i >= eval_scenes:
                 break
-            x = _images({key: sample[key][None] for key in ("photo", "background", "layers")})
+            x = _images(sample.photo[None], sample.background[None], sample.layers[None])
             recon = (vae.decode(vae.encode(x * 2 - 1).latent_dist.mode()).sample + 1) / 2
             psnr.update(recon.clamp(0, 1), x)
             n += x.shape[0]

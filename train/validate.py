@@ -1,43 +1,34 @@
-"""Validation images during training: a short unguided DDIM run, shown as photo | layers | recomposition.
+"""Validation images during training: a short unguided DDIM run of the ``CObLPipeline`` (as the diffusers
+training scripts do), shown as photo | layers | background | recomposition.
 
-Deliberately minimal (no composite guidance): it shows how training is going; ``infer/`` is the real sampler.
+No composite guidance: it shows how training is going, not the best the sampler can do (``cobl eval``).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from cobl.core.layers import EMPTY_RGB, composite
-from cobl.model.codec import encode_condition
+from infer.pipeline import CObLPipeline
 
 
-@torch.no_grad()
 def sample_layers(
-    model: Any,
-    codec: Any,
-    scheduler_config: Any,
+    pipe: CObLPipeline,
     photo: torch.Tensor,
     depth: torch.Tensor | None = None,
     steps: int = 10,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unguided DDIM sampling: photo [B,3,H,W] (+ depth [B,1,H,W]) -> (layers [B,K,4,H,W], background)."""
-    from diffusers import DDIMScheduler
-
-    sched = DDIMScheduler.from_config(scheduler_config)
-    sched.set_timesteps(steps)
-    photo_latents = encode_condition(codec, photo, depth)
-    b = photo.shape[0]
-    h, w = photo_latents.shape[-2:]
-    shape = (b, model.config.num_slots, model.config.slot_channels, h, w)
-    g = torch.Generator().manual_seed(seed)
-    latents = torch.randn(shape, generator=g).to(photo.device) * sched.init_noise_sigma
-    for t in sched.timesteps:
-        pred = model(latents, t.to(photo.device).expand(b), photo_latents.to(latents.dtype))
-        latents = sched.step(pred, t, latents).prev_sample
-    return codec.decode_layers(latents)
+    """Unguided sampling with the pipeline: photo [B,3,H,W] (+ depth [B,1,H,W]) -> (layers [B,K,4,H,W],
+    background [B,3,H,W])."""
+    out = pipe(
+        photo,
+        depth,
+        num_inference_steps=steps,
+        guidance_scale=0.0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return out.layers, out.background
 
 
 def layer_grid(photo: torch.Tensor, layers: torch.Tensor, background: torch.Tensor) -> torch.Tensor:

@@ -13,54 +13,73 @@ from pathlib import Path
 from typing import Any
 
 from cobl.core.errors import UserError
+from cobl.core.policy import MAX_ORDER_SEARCH_SLOTS, MIN_OBJECT_AREA
+from infer.settings import DEFAULT_SAMPLING_STEPS, MIN_VISIBLE, MODES, SAMPLERS, SCHEDULES, GuidanceConfig
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    defaults = GuidanceConfig()  # every default below is the pipeline's own (infer.settings)
     p.add_argument(
-        "--model", required=True, help="run folder (uses RUN/final), export folder, or saved pipeline"
+        "--model",
+        required=True,
+        help="a saved CObL pipeline (model_index.json, what `cobl train` writes to RUN/final), or a run "
+        "folder RUN (meaning RUN/final)",
     )
-    p.add_argument("--sampling-steps", type=int, default=50, help="sampler steps (default 50)")
-    p.add_argument("--sampler", choices=("ddim", "dpm"), default="ddim", help="DDIM or DPM-Solver++")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="composite guidance strength, 0 = off")
+    p.add_argument(
+        "--sampling-steps",
+        type=int,
+        default=DEFAULT_SAMPLING_STEPS,
+        help=f"sampler steps (default {DEFAULT_SAMPLING_STEPS})",
+    )
+    p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0], help="DDIM or DPM-Solver++")
+    p.add_argument(
+        "--guidance-scale", type=float, default=defaults.scale, help="composite guidance strength, 0 = off"
+    )
     p.add_argument(
         "--guidance-schedule",
-        choices=("constant", "linear", "late"),
-        default="linear",
-        help="guidance weight over the sampling progress (linear: 0.25 -> 1)",
+        choices=SCHEDULES,
+        default=defaults.schedule,
+        help=f"guidance weight over the sampling progress (linear: {defaults.start_weight} -> 1)",
     )
     p.add_argument(
         "--guidance-mode",
-        choices=("x0", "latents", "both"),
-        default="both",
+        choices=MODES,
+        default=defaults.mode,
         help="x0: gradient through the decoder only (cheap); latents: through the denoiser too (~2.5x the "
-        "sampling time); both (default): the two, the denoiser one early only (--denoiser-gradient-until)",
+        f"sampling time); both (default {defaults.mode}): the two, the denoiser one early only "
+        "(--denoiser-gradient-until)",
     )
     p.add_argument(
         "--denoiser-gradient-until",
         type=float,
-        default=0.25,
+        default=defaults.denoiser_until,
         help="mode both: differentiate through the denoiser up to this fraction of the sampling (cost)",
     )
     p.add_argument(
         "--guidance-start",
         type=float,
-        default=0.0,
+        default=defaults.start,
         help="no guidance before this fraction of the sampling (saves its cost)",
     )
     p.add_argument(
         "--reorder-every",
         type=int,
-        default=0,
-        help="search the best object slot order every N steps (0 = never)",
+        default=defaults.reorder_every,
+        help=f"search the best object slot order every N steps (0 = never; up to {MAX_ORDER_SEARCH_SLOTS} "
+        "occupied slots)",
     )
     p.add_argument(
         "--min-area",
         type=float,
-        default=0.02,
-        help="a slot is an object when its alpha mass exceeds this fraction of the pixels",
+        default=MIN_OBJECT_AREA,
+        help=f"a slot is an object when its alpha mass exceeds this fraction of the pixels "
+        f"(default {MIN_OBJECT_AREA})",
     )
     p.add_argument(
-        "--min-visible", type=float, default=0.01, help="... and more than this fraction of it is visible"
+        "--min-visible",
+        type=float,
+        default=MIN_VISIBLE,
+        help=f"... and more than this fraction of it is visible ({MIN_VISIBLE})",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")

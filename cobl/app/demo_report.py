@@ -42,7 +42,7 @@ def dataset_figure(data: Path, path: Path, num_objects: int, res: int) -> None:
     rows = []
     for s in itertools.islice(iter(make_dataset(str(data / "shards" / "train-*.tar"), num_objects, res,
                                                 shuffle=False, epochs=1)), FIGURE_SCENES):
-        rows.append([to_uint8(s["photo"]), to_uint8(s["background"]), *map(to_uint8, s["layers"])])
+        rows.append([to_uint8(s.photo), to_uint8(s.background), *map(to_uint8, s.layers)])
     _grid(rows, path)
 
 
@@ -57,15 +57,15 @@ def predictions_figure(args: argparse.Namespace, path: Path) -> list[str]:
     data = str(args.out / "data" / "shards" / "test-*.tar")
     for s in itertools.islice(iter(make_dataset(data, pipe.num_objects, pipe.resolution, shuffle=False,
                                                 epochs=1, depth=pipe.uses_depth)), FIGURE_SCENES):
-        result = decompose(pipe, s["photo"], s["depth"], num_inference_steps=args.sampling_steps,
-                           guidance_scale=args.guidance_scale, seed=sample_seed(s["key"], args.seed) % 2**63)
-        true = [to_uint8(layer) for layer in s["layers"][: s["num_objects"]]]
+        result = decompose(pipe, s.photo, s.depth, num_inference_steps=args.sampling_steps,
+                           guidance_scale=args.guidance_scale, seed=sample_seed(s.key, args.seed) % 2**63)
+        true = [to_uint8(layer) for layer in s.layers[: s.num_objects]]
         pred = [to_uint8(layer) for layer in result.layers]
         width = max(pipe.num_objects, 1)
-        rows.append([to_uint8(s["photo"]), *true, *[None] * (width - len(true)),
+        rows.append([to_uint8(s.photo), *true, *[None] * (width - len(true)),
                      *pred, *[None] * (width - len(pred)),
                      to_uint8(composite(result.layers, result.background))])
-        keys.append(s["key"])
+        keys.append(s.key)
     _grid(rows, path)
     return keys
 

@@ -17,7 +17,6 @@ scaled to [-1, 1]); the tiny config uses it because a frozen codec must reconstr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -25,8 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cobl.core.errors import UserError
-
-CODEC_FILE = "codec.json"
+from cobl.core.layers import NUM_LAYER_CHANNELS
 
 
 def _to_signed(x: torch.Tensor) -> torch.Tensor:
@@ -41,7 +39,7 @@ class LayerCodec(nn.Module):
     """Slot bookkeeping; subclasses implement ``_encode_images``/``_decode_images`` on [-1,1] images."""
 
     kind = "base"
-    image_channels = 4  # channels per slot image on the pixel side (RGBA)
+    image_channels = NUM_LAYER_CHANNELS  # channels per slot image on the pixel side (RGBA)
 
     def _encode_images(self, images: torch.Tensor) -> torch.Tensor:  # [N, 4, H, W] -> [N, C, h, w]
         raise NotImplementedError
@@ -63,9 +61,6 @@ class LayerCodec(nn.Module):
         img = img.view(b, s, *img.shape[1:])
         return img[:, :-1], img[:, -1, :3]
 
-    def save(self, directory: str | Path) -> None:
-        raise NotImplementedError
-
 
 class SpaceToDepthCodec(LayerCodec):
     """Lossless: ``pixel_unshuffle`` by ``factor``. Slot C = 4 f^2, photo Cp = 3 f^2."""
@@ -78,7 +73,7 @@ class SpaceToDepthCodec(LayerCodec):
 
     @property
     def latent_channels(self) -> int:
-        return 4 * self.factor**2
+        return self.image_channels * self.factor**2
 
     @property
     def photo_channels(self) -> int:
@@ -106,11 +101,6 @@ class SpaceToDepthCodec(LayerCodec):
 
     def decode_photo(self, latents: torch.Tensor) -> torch.Tensor:
         return _to_unit(F.pixel_shuffle(latents, self.factor))
-
-    def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CODEC_FILE).write_text(json.dumps({"kind": self.kind, "factor": self.factor}))
 
 
 class VAECodec(LayerCodec):
@@ -178,13 +168,6 @@ class VAECodec(LayerCodec):
     def decode_photo(self, latents: torch.Tensor) -> torch.Tensor:
         return _to_unit(self._decode_rgb(latents))
 
-    def save(self, directory: str | Path) -> None:
-        """Writes ``codec.json`` and the VAE (diffusers format) under ``directory/vae``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.vae.save_pretrained(directory / "vae")
-        (directory / CODEC_FILE).write_text(json.dumps({"kind": self.kind, "vae": "vae"}))
-
 
 def encode_condition(codec: LayerCodec, photo: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
     """The model's condition ``[B, Cp (+ Cd), h, w]``: the photo latent, then the depth latent when given.
@@ -204,28 +187,6 @@ def load_vae(path: str | Path):
     for candidate in (path, path / "vae"):
         if (candidate / "config.json").is_file():
             return AutoencoderKL.from_pretrained(candidate)
-    raise UserError(f"--vae {path}: expected a diffusers AutoencoderKL folder (config.json + weights)")
-
-
-def make_codec(kind: str, factor: int = 4, vae_path: str | Path | None = None) -> LayerCodec:
-    if kind == "space_to_depth":
-        return SpaceToDepthCodec(factor)
-    if kind == "vae":
-        if vae_path is None:
-            raise UserError("codec 'vae' needs a VAE: pass --vae DIR (from `cobl train-vae`) or --pretrained")
-        return VAECodec(load_vae(vae_path))
-    raise UserError(f"codec: expected 'space_to_depth' or 'vae', got {kind!r}")
-
-
-def load_codec(directory: str | Path) -> LayerCodec:
-    """The codec saved by ``LayerCodec.save(directory)``."""
-    directory = Path(directory)
-    try:
-        meta = json.loads((directory / CODEC_FILE).read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"{directory / CODEC_FILE}: cannot read codec description ({err})") from None
-    if meta.get("kind") == "space_to_depth":
-        return SpaceToDepthCodec(int(meta["factor"]))
-    if meta.get("kind") == "vae":
-        return VAECodec(load_vae(directory / meta.get("vae", "vae")))
-    raise UserError(f"{directory / CODEC_FILE}: unknown codec kind {meta.get('kind')!r}")
+    raise UserError(
+        f"{path}: expected a diffusers AutoencoderKL folder (config.json + weights)", option="vae"
+    )

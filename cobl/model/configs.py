@@ -53,19 +53,19 @@ class CObLConfig:
 
     def validate(self) -> None:
         if self.num_objects < 1:
-            raise UserError(f"config {self.name}: num_objects must be >= 1, got {self.num_objects}")
+            raise UserError(f"config {self.name}: must be >= 1, got {self.num_objects}", option="num_objects")
         if self.codec not in CODEC_KINDS:
             raise UserError(f"config {self.name}: codec must be one of {CODEC_KINDS}, got {self.codec!r}")
         if self.prediction_type not in PREDICTION_TYPES:
             raise UserError(
-                f"config {self.name}: prediction_type must be one of {PREDICTION_TYPES}, "
-                f"got {self.prediction_type!r}"
+                f"config {self.name}: must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}",
+                option="prediction_type",
             )
         factor = self.space_to_depth_factor if self.codec == "space_to_depth" else 8
         if self.resolution % (factor * 2) or self.resolution <= 0:
             raise UserError(
-                f"config {self.name}: resolution must be a positive multiple of {factor * 2}, "
-                f"got {self.resolution}"
+                f"config {self.name}: must be a positive multiple of {factor * 2}, got {self.resolution}",
+                option="resolution",
             )
 
     def to_json(self) -> str:
@@ -141,4 +141,6 @@ def get_config(name: str) -> CObLConfig:
             raise UserError(f"{path}: not a CObL config JSON ({err})") from None
         cfg.validate()
         return cfg
-    raise UserError(f"--config: expected one of {sorted(CONFIGS)} or a config .json file, got {name!r}")
+    raise UserError(
+        f"expected one of {sorted(CONFIGS)} or a config .json file, got {name!r}", option="config"
+    )

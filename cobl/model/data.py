@@ -33,6 +33,7 @@ from PIL import Image
 from cobl.core import schema
 from cobl.core.errors import UserError
 from cobl.core.layers import EMPTY_RGB
+from cobl.model.batch import Batch, Sample
 from cobl.model.depth import depth_from_npy_bytes
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def expand_urls(pattern: str | list[str]) -> list[str]:
     local_missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not _exists(u)]
     if not urls or local_missing:
         shown = local_missing[0] if local_missing else pattern
-        raise UserError(f"--data {pattern!r}: no shard file matches (missing: {shown})")
+        raise UserError(f"{pattern!r}: no shard file matches (missing: {shown})", option="data")
     return urls
 
 
@@ -125,10 +126,11 @@ def _resize(x: torch.Tensor, resolution: int, mode: str = "bilinear") -> torch.T
 
 
 def decode_sample(
-    sample: dict[str, Any], num_slots_k: int, resolution: int, ids: bool = True, depth: bool = True
-) -> dict[str, Any]:
-    """One WebDataset sample (member name -> bytes) -> ``dict(photo [3,H,W], layers [K,4,H,W],
-    background [3,H,W], ids [H,W] long, depth [1,H,W], num_objects, key, scene)``, floats in [0, 1].
+    sample: dict[str, Any], num_objects: int, resolution: int, ids: bool = True, depth: bool = True
+) -> Sample:
+    """One WebDataset sample (member name -> bytes) -> a ``Sample`` (``photo [3,H,W]``, ``layers [K,4,H,W]``
+    with K = ``num_objects``, ``background [3,H,W]``, ``ids [H,W]`` long, ``depth [1,H,W]``, the scene's own
+    object count, key and scene.json), floats in [0, 1].
 
     ``ids=False`` skips ``ids.png`` (only evaluation needs it; ``ids`` is then None). ``depth`` is the
     relative disparity of ``depth.npy`` (``cobl.depth``); ``depth=False`` skips it (``depth`` is then None).
@@ -164,20 +166,20 @@ def decode_sample(
     if len(shapes) != 1:
         raise SkipSample(f"sample {key}: members have different sizes {sorted(shapes)}")
     n = len(layers_u8)
-    if n > num_slots_k:
-        raise TooManyObjects(f"sample {key}: {n} objects > K={num_slots_k}")
+    if n > num_objects:
+        raise TooManyObjects(f"sample {key}: {n} objects > K={num_objects} (num_objects)")
 
     h, w = photo_u8.shape[:2]
     hw = h * w
     # One block for every tensor of the sample: a DataLoader worker then sends one shared-memory segment
     # (one file descriptor) per sample instead of one per tensor, which is most of the per-sample IPC cost.
-    nfloat = (6 + 4 * num_slots_k) * hw
+    nfloat = (6 + 4 * num_objects) * hw
     block = torch.empty(nfloat * 4 + (hw * 8 if ids_u8 is not None else 0), dtype=torch.uint8)
     flat = block[: nfloat * 4].view(torch.float32)
     buf = flat.numpy()
     photo_np = buf[: 3 * hw].reshape(3, h, w)
     background_np = buf[3 * hw : 6 * hw].reshape(3, h, w)
-    stack_np = buf[6 * hw :].reshape(num_slots_k, 4, h, w)
+    stack_np = buf[6 * hw :].reshape(num_objects, 4, h, w)
     # Same arithmetic as ``uint8_tensor.float() / 255`` (IEEE float32 division), hence bit-identical.
     np.divide(photo_u8.transpose(2, 0, 1), 255, out=photo_np, dtype=np.float32)
     np.divide(background_u8.transpose(2, 0, 1), 255, out=background_np, dtype=np.float32)
@@ -190,7 +192,7 @@ def decode_sample(
     stack_np[n:, 3] = 0.0
     photo = flat[: 3 * hw].view(3, h, w)
     background = flat[3 * hw : 6 * hw].view(3, h, w)
-    stack = flat[6 * hw :].view(num_slots_k, 4, h, w)
+    stack = flat[6 * hw :].view(num_objects, 4, h, w)
     ids_t = None
     if ids_u8 is not None:
         ids_t = block[nfloat * 4 :].view(torch.int64).view(h, w)
@@ -208,16 +210,16 @@ def decode_sample(
             ids_t = _resize(ids_t[None, None].float(), resolution, mode="nearest")[0, 0].long().contiguous()
         if depth_t is not None:
             depth_t = _resize(depth_t, resolution).clamp(0, 1).contiguous()
-    return {
-        "photo": photo,
-        "layers": stack,
-        "background": background,
-        "ids": ids_t,
-        "depth": depth_t,
-        "num_objects": n,
-        "key": key,
-        "scene": scene,
-    }
+    return Sample(
+        photo=photo,
+        layers=stack,
+        background=background,
+        ids=ids_t,
+        depth=depth_t,
+        num_objects=n,
+        key=key,
+        scene=scene,
+    )
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -227,7 +229,7 @@ class LayerDataset(torch.utils.data.IterableDataset):
     def __init__(
         self,
         urls: list[str],
-        k: int,
+        num_objects: int,
         resolution: int,
         shuffle: bool = True,
         seed: int = 0,
@@ -239,7 +241,7 @@ class LayerDataset(torch.utils.data.IterableDataset):
     ):
         super().__init__()
         self.urls = list(urls)
-        self.k = k
+        self.num_objects = num_objects  # K: the slots every sample is padded to
         self.resolution = resolution
         self.shuffle = shuffle
         self.seed = seed
@@ -281,7 +283,7 @@ class LayerDataset(torch.utils.data.IterableDataset):
         rank, _, worker, num_workers = wds.utils.pytorch_worker_info()
         return rank * num_workers + worker
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Sample]:
         gw = self.global_worker()
         raw: Iterator[dict[str, Any]] = self._raw_samples()
         if self.shuffle:
@@ -292,15 +294,15 @@ class LayerDataset(torch.utils.data.IterableDataset):
             if position < start:
                 continue
             try:
-                out = decode_sample(sample, self.k, self.resolution, ids=self.ids, depth=self.depth)
+                out = decode_sample(sample, self.num_objects, self.resolution, ids=self.ids, depth=self.depth)
             except SkipSample as err:
                 self.counts[err.reason] += 1
                 warnings.warn(f"skipping {err} ({self.counts[err.reason]} {err.reason} so far)", stacklevel=2)
                 continue
             self.counts["decoded"] += 1
-            out["worker"] = gw
-            out["position"] = position
-            out["skipped"] = {k: v for k, v in self.counts.items() if k != "decoded"}
+            out.worker = gw
+            out.position = position
+            out.skipped = {k: v for k, v in self.counts.items() if k != "decoded"}
             yield out
 
 
@@ -313,7 +315,7 @@ def _buffer_shuffle(src: Iterator, bufsize: int, rng: random.Random) -> Iterator
 
 def make_dataset(
     urls: str | list[str],
-    k: int,
+    num_objects: int,
     resolution: int,
     shuffle: bool = True,
     seed: int = 0,
@@ -329,22 +331,35 @@ def make_dataset(
     training loader's saving."""
     if isinstance(urls, str) or any(("{" in u or glob.has_magic(u)) for u in urls):
         urls = expand_urls(urls)
-    return LayerDataset(urls, k, resolution, shuffle, seed, shuffle_buffer, skip, epochs, ids, depth)
+    return LayerDataset(
+        urls, num_objects, resolution, shuffle, seed, shuffle_buffer, skip, epochs, ids, depth
+    )
 
 
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors (``ids`` is None when any sample lacks it); keep keys, scenes and positions as lists."""
-    out: dict[str, Any] = {}
-    for name in ("photo", "layers", "background", "ids", "depth"):
-        values = [s.get(name) for s in samples]
-        out[name] = None if any(v is None for v in values) else torch.stack(values)
-    out["num_objects"] = torch.tensor([s["num_objects"] for s in samples])
-    for name in ("key", "scene", "worker", "position", "skipped"):
-        out[name] = [s.get(name) for s in samples]
-    return out
+def collate(samples: list[Sample]) -> Batch:
+    """Stack the tensors (``ids``/``depth`` None when any sample lacks them); keys, scenes and stream
+    positions stay lists."""
+
+    def stacked(name: str) -> torch.Tensor | None:
+        values = [getattr(s, name) for s in samples]
+        return None if any(v is None for v in values) else torch.stack(values)
+
+    return Batch(
+        photo=stacked("photo"),
+        layers=stacked("layers"),
+        background=stacked("background"),
+        ids=stacked("ids"),
+        depth=stacked("depth"),
+        num_objects=torch.tensor([s.num_objects for s in samples]),
+        keys=[s.key for s in samples],
+        scenes=[s.scene for s in samples],
+        workers=[s.worker for s in samples],
+        positions=[s.position for s in samples],
+        skipped=[s.skipped for s in samples],
+    )
 
 
-def batches(loader_iter: Iterator[dict[str, Any]], batch_size: int) -> Iterator[dict[str, Any]]:
+def batches(loader_iter: Iterator[Sample], batch_size: int) -> Iterator[Batch]:
     """Group a stream of single samples into collated batches (in the main process, so the global sample
     order does not depend on how samples are split over ranks and workers)."""
     while True:
@@ -354,7 +369,7 @@ def batches(loader_iter: Iterator[dict[str, Any]], batch_size: int) -> Iterator[
         yield collate(chunk)
 
 
-def _as_is(sample: dict[str, Any]) -> dict[str, Any]:
+def _as_is(sample: Sample) -> Sample:
     return sample
 
 

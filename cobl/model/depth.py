@@ -68,8 +68,9 @@ def load_depth_file(path: str | Path) -> torch.Tensor:
                 grey = np.asarray(im.convert("I;16") if im.mode.startswith("I") else im.convert("L"))
             return normalise_relative(torch.from_numpy(grey.astype(np.float32)))
     except (OSError, ValueError) as err:
-        raise UserError(f"--depth {path}: cannot read a depth map ({err})") from None
+        raise UserError(f"{path}: cannot read a depth map ({err})", option="depth") from None
     raise UserError(
-        f"--depth {path}: expected a .npy depth in metres or an image of relative inverse depth "
-        f"({', '.join(IMAGE_SUFFIXES)})"
+        f"{path}: expected a .npy depth in metres or an image of relative inverse depth "
+        f"({', '.join(IMAGE_SUFFIXES)})",
+        option="depth",
     )

@@ -173,7 +173,8 @@ class CObLModel(ModelMixin, ConfigMixin):
         unet_dir = Path(path) / "unet"
         if not (unet_dir / "config.json").is_file():
             raise UserError(
-                f"--pretrained {path}: expected a diffusers Stable Diffusion folder with unet/config.json"
+                f"{path}: expected a diffusers Stable Diffusion folder with unet/config.json",
+                option="pretrained",
             )
         unet = UNet2DConditionModel.from_pretrained(unet_dir)
         return cls.from_unet(unet, num_objects + 1, slot_channels, photo_channels, **kwargs)
@@ -202,10 +203,6 @@ class CObLModel(ModelMixin, ConfigMixin):
     @property
     def uses_depth(self) -> bool:
         return self.config.depth_channels > 0
-
-    @property
-    def base_in_channels(self) -> int:
-        return self.unet.config.in_channels
 
     # ------------------------------------------------------------------ forward
     def forward(

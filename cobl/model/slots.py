@@ -9,12 +9,28 @@ tie-break; the sampler's order search (``infer.guidance``) applies its permutati
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import torch
 
 from cobl.core.layers import ALPHA_CHANNEL
+from cobl.core.policy import MAX_ORDER_SEARCH_SLOTS, MIN_OBJECT_AREA
 
-MAX_MATCHED_OBJECTS = 6  # 720 orders; scenes with more occupied slots keep the data's order
+
+def occupied_slots(alphas: torch.Tensor, min_area: float = MIN_OBJECT_AREA) -> torch.Tensor:
+    """Which slots of ``alphas [..., K, H, W]`` hold an object: alpha mass (mean over the pixels) above
+    ``min_area`` of the image. Bool ``[..., K]``. ``min_area=0`` counts any non-zero alpha (ground truth,
+    whose empty slots are exactly 0)."""
+    return alphas.flatten(-2).mean(-1) > min_area
+
+
+def slot_orders(slots: list[int]) -> Iterator[tuple[int, ...]]:
+    """The orders an exhaustive slot-order search tries: every permutation of ``slots``, the given order
+    first; only the given order when there are more than ``MAX_ORDER_SEARCH_SLOTS`` (6! = 720 orders)."""
+    if len(slots) > MAX_ORDER_SEARCH_SLOTS:
+        yield tuple(slots)
+        return
+    yield from itertools.permutations(slots)
 
 
 def interchangeable_orders(layers: torch.Tensor, min_overlap: float = 0.5) -> list[list[tuple[int, ...]]]:
@@ -26,20 +42,17 @@ def interchangeable_orders(layers: torch.Tensor, min_overlap: float = 0.5) -> li
     """
     alpha = layers[:, :, ALPHA_CHANNEL].float()
     b, k = alpha.shape[:2]
-    occupied = alpha.flatten(2).amax(-1) > 0
+    occupied = occupied_slots(alpha, min_area=0.0)
     overlap = torch.einsum("bihw,bjhw->bij", alpha, alpha) > min_overlap
     orders = []
     for s in range(b):
         slots = [i for i in range(k) if occupied[s, i]]
         identity = tuple(range(k))
-        if len(slots) > MAX_MATCHED_OBJECTS:
-            orders.append([identity])
-            continue
         tied = [(i, j) for a, i in enumerate(slots) for j in slots[a + 1 :] if not overlap[s, i, j]]
         fixed = [(i, j) for a, i in enumerate(slots) for j in slots[a + 1 :] if overlap[s, i, j]]
         found = [identity]
         if tied:
-            for cand in itertools.permutations(slots):
+            for cand in slot_orders(slots):
                 if cand == tuple(slots):
                     continue
                 position = {old: new for new, old in enumerate(cand)}

@@ -1,41 +1,18 @@
-"""Build a CObL model + codec + noise scheduler from a config, and save/load the exported bundle.
+"""Build a CObL model + codec + noise scheduler from a config (the trainer's starting point).
 
-Exported layout (what ``cobl train`` writes to ``RUN/final/`` and ``cobl infer``/``cobl eval`` read)::
-
-    RUN/final/
-      cobl.json            {"config": <CObLConfig as dict>, "name", "num_objects" (K), "num_slots" (K+1),
-                            "resolution", "codec", "prediction_type", "global_step", ...}
-      unet/                CObLModel.save_pretrained (config.json + diffusion_pytorch_model.safetensors)
-      codec.json           {"kind": "space_to_depth", "factor": f}  or  {"kind": "vae", "vae": "vae"}
-      vae/                 AutoencoderKL.save_pretrained (only for the "vae" codec)
-      scheduler/           DDPMScheduler.save_pretrained (scheduler_config.json; any diffusers scheduler
-                           can be built from it with ``from_config``)
-
-``load_bundle(path)`` returns all of it.
+The trained model is exported and loaded as a diffusers pipeline (``infer.pipeline.CObLPipeline``'s
+``save_pretrained``/``from_pretrained``); this module only builds the parts.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cobl.core.errors import UserError
-from cobl.model.codec import LayerCodec, SpaceToDepthCodec, VAECodec, load_codec, load_vae
+from cobl.model.codec import LayerCodec, SpaceToDepthCodec, VAECodec, load_vae
 from cobl.model.configs import CObLConfig
 from cobl.model.network import CObLModel
-
-BUNDLE_FILE = "cobl.json"
-
-
-@dataclass
-class Bundle:
-    model: CObLModel
-    codec: LayerCodec
-    scheduler: Any  # a diffusers scheduler (DDPMScheduler)
-    config: CObLConfig
-    meta: dict[str, Any]
 
 
 def make_scheduler(config: CObLConfig, pretrained: str | Path | None = None):
@@ -76,10 +53,14 @@ def build(
     )
     if config.name == "sd" or pretrained is not None:
         if pretrained is None:
-            raise UserError("--config sd needs --pretrained PATH (a local diffusers Stable Diffusion folder)")
+            raise UserError(
+                f"config {config.name} needs a local diffusers Stable Diffusion folder", option="pretrained"
+            )
         path = Path(pretrained)
         if not (path / "unet" / "config.json").is_file():
-            raise UserError(f"--pretrained {path}: expected a diffusers Stable Diffusion folder with unet/")
+            raise UserError(
+                f"{path}: expected a diffusers Stable Diffusion folder with unet/", option="pretrained"
+            )
         codec: LayerCodec = VAECodec(load_vae(vae if vae is not None else path / "vae"))
         model = CObLModel.from_pretrained_sd(
             path,
@@ -94,7 +75,9 @@ def build(
 
     if vae is not None or config.codec == "vae":
         if vae is None:
-            raise UserError(f"config {config.name}: codec 'vae' needs --vae DIR (from `cobl train-vae`)")
+            raise UserError(
+                f"config {config.name}: codec 'vae' needs a VAE folder (from `cobl train-vae`)", option="vae"
+            )
         codec = VAECodec(load_vae(vae))
         base_channels = codec.vae_channels
     else:
@@ -137,51 +120,8 @@ def _empty_prompt_embedding(path: Path, tokens: int):
         ).input_ids
         with torch.no_grad():
             return enc(ids)[0]
-    except Exception:  # optional nicety: fall back to the zero initialisation
+    except (OSError, ValueError, KeyError, ImportError, RuntimeError):  # optional: zeros instead
         return None
 
 
-def save_bundle(
-    directory: str | Path,
-    model: CObLModel,
-    codec: LayerCodec,
-    scheduler: Any,
-    config: CObLConfig,
-    **meta: Any,
-) -> None:
-    """Write the layout in the module docstring (weights as safetensors)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory / "unet", safe_serialization=True)
-    codec.save(directory)
-    scheduler.save_pretrained(directory / "scheduler")
-    info = {
-        "config": json.loads(config.to_json()),
-        "name": config.name,
-        "num_objects": config.num_objects,
-        "num_slots": config.num_slots,
-        "resolution": config.resolution,
-        "codec": codec.kind,
-        "prediction_type": scheduler.config.prediction_type,
-        **meta,
-    }
-    (directory / BUNDLE_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
-
-
-def load_bundle(directory: str | Path, device: Any = "cpu") -> Bundle:
-    """Everything ``save_bundle`` wrote; a UserError naming the folder if it is not a CObL export."""
-    from diffusers import DDPMScheduler
-
-    directory = Path(directory)
-    try:
-        info = json.loads((directory / BUNDLE_FILE).read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"{directory}: not a CObL model export (cannot read {BUNDLE_FILE}: {err})") from None
-    config = CObLConfig.from_dict(info["config"])
-    model = CObLModel.from_pretrained(directory / "unet").to(device).eval()
-    codec = load_codec(directory).to(device)
-    scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
-    return Bundle(model=model, codec=codec, scheduler=scheduler, config=config, meta=info)
-
-
-__all__ = ["Bundle", "build", "load_bundle", "make_scheduler", "save_bundle", "load_vae"]
+__all__ = ["build", "make_scheduler"]
