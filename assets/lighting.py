@@ -13,9 +13,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-import trimesh
 
-from cobl.core.spec import LightSpec, Quat, Vec3, WorldSpec
+from cobl.core.camera import look_at_quaternion
+from cobl.core.spec import LightSpec, Vec3, WorldSpec
 
 HDRI_SUFFIXES = (".hdr", ".exr")
 
@@ -57,24 +57,6 @@ def blackbody_rgb(temperature_k: float) -> Vec3:
     linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
     linear = linear / linear.max()
     return (float(linear[0]), float(linear[1]), float(linear[2]))
-
-
-def look_at_quaternion(position: np.ndarray, target: np.ndarray) -> Quat:
-    """Unit quaternion (w, x, y, z) of a rotation whose local -Z points from ``position`` to ``target`` and
-    whose local +Y is as close to world +Z as possible (Blender's light/camera convention)."""
-    z_axis = np.asarray(position, float) - np.asarray(target, float)
-    z_axis /= np.linalg.norm(z_axis)
-    x_axis = np.cross([0.0, 0.0, 1.0], z_axis)
-    if np.linalg.norm(x_axis) < 1e-8:  # looking straight down
-        x_axis = np.array([1.0, 0.0, 0.0])
-    x_axis /= np.linalg.norm(x_axis)
-    y_axis = np.cross(z_axis, x_axis)
-    m = np.eye(4)
-    m[:3, :3] = np.column_stack([x_axis, y_axis, z_axis])
-    q = trimesh.transformations.quaternion_from_matrix(m)
-    if q[0] < 0:
-        q = -q
-    return (float(q[0]), float(q[1]), float(q[2]), float(q[3]))
 
 
 def _position(rng: np.random.Generator, azimuth: float) -> np.ndarray:
