@@ -8,7 +8,7 @@ all hit the same thing in two renders is bit-identical in both. That is what kee
 (bench/bench_groundtruth.py): object renders cover only the pixels the photo does not already determine
 (around the object's projected hull, minus where the photo shows only that object or only the table), and
 the background only the pixels some object covers; both as a few border renders (Cycles render border,
-cropped, without the compositor), rectangles chosen by ``groundtruth.cover_boxes``.
+cropped, without the compositor), rectangles chosen by ``synth.render.regions``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ import bpy
 import numpy as np
 import trimesh
 
-from cobl.core.spec import RenderSettings, SceneSpec, object_to_world
+from cobl.core.spec import RenderSettings, SceneSpec
 from synth.render import groundtruth
 from synth.render.blender import passes
 from synth.render.blender.scene_build import BuiltScene, build_scene, clear_scene
+from synth.render.regions import cover_boxes, mask_box, projected_regions
 from synth.render.scene_dir import RenderedScene
 
 __all__ = ["BlenderRenderer", "RenderedScene"]
@@ -165,7 +166,7 @@ class BlenderRenderer:
         timings["photo"] = time.perf_counter() - t
 
         t = time.perf_counter()  # everything from here on is ground truth only
-        regions = _projected_regions(spec, meshes)
+        regions = projected_regions(spec, meshes, BOX_MARGIN)
         object_renders = [np.zeros((height, width, 4), np.float32) for _ in spec.objects]
         layer_renders = 0
         for i, region in enumerate(regions):
@@ -174,7 +175,7 @@ class BlenderRenderer:
                 interior, empty = known
                 object_renders[i][interior] = photo["rgba"][interior]
                 region = region & ~interior & ~empty
-            layer_boxes = groundtruth.cover_boxes(region, _overhead_px(spec))
+            layer_boxes = cover_boxes(region, _overhead_px(spec))
             if layer_boxes:
                 _camera_visible(built, table=False, objects={i})
             for x0, y0, x1, y1 in layer_boxes:
@@ -184,7 +185,7 @@ class BlenderRenderer:
 
         t = time.perf_counter()
         background = photo["rgba"].copy()
-        bg_boxes = groundtruth.cover_boxes(
+        bg_boxes = cover_boxes(
             _background_needed(object_renders, spec.render, (height, width)), _overhead_px(spec)
         )
         if bg_boxes:
@@ -206,7 +207,7 @@ class BlenderRenderer:
             "gamma": 1.0,
             "blender": bpy.app.version_string,
             "layer_renders": layer_renders,
-            "boxes": [groundtruth.mask_box(r) for r in regions],
+            "boxes": [mask_box(r) for r in regions],
             "background_renders": len(bg_boxes),
         }
         index_pass, depth_pass = photo.get("index"), photo["depth"]
@@ -302,23 +303,6 @@ def _assign(owner, name: str, value) -> None:
     for a depsgraph update that costs a few ms before the next render (comparable to a small border)."""
     if getattr(owner, name) != value:
         setattr(owner, name, value)
-
-
-def _projected_regions(spec: SceneSpec, meshes: list[trimesh.Trimesh]) -> list[np.ndarray]:
-    """Per object, the [H, W] pixels its amodal render can touch: the convex hull of its projected vertices
-    grown by BOX_MARGIN (the whole frame for an object reaching behind the camera)."""
-    from synth.scene.geometry import NEAR, project_points
-
-    width, height = spec.camera.width, spec.camera.height
-    regions = []
-    for obj, mesh in zip(spec.objects, meshes, strict=True):
-        m = np.asarray(object_to_world(obj))
-        xy, depth = project_points(spec.camera, np.asarray(mesh.vertices) @ m[:3, :3].T + m[:3, 3])
-        if np.any(depth <= NEAR):
-            regions.append(np.ones((height, width), dtype=bool))
-        else:
-            regions.append(groundtruth.hull_mask(xy, width, height, BOX_MARGIN))
-    return regions
 
 
 @contextlib.contextmanager
