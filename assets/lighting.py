@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from cobl.core.camera import look_at_quaternion
+from cobl.core.policy import HDR_SUFFIXES
 from cobl.core.spec import LightSpec, Vec3, WorldSpec
-
-HDRI_SUFFIXES = (".hdr", ".exr")
 
 # Total irradiance (W/m^2) the area lights put on the table centre; the key light gets the largest share.
 AREA_IRRADIANCE = (4.5, 8.0)
@@ -111,7 +110,7 @@ def sample_lights(rng: np.random.Generator, n_min: int = 1, n_max: int = 3) -> t
 def list_hdris(hdri_dir: str) -> tuple[str, ...]:
     """HDRI files under ``hdri_dir`` (recursive, sorted, absolute)."""
     return tuple(
-        sorted(str(p.resolve()) for p in Path(hdri_dir).rglob("*") if p.suffix.lower() in HDRI_SUFFIXES)
+        sorted(str(p.resolve()) for p in Path(hdri_dir).rglob("*") if p.suffix.lower() in HDR_SUFFIXES)
     )
 
 

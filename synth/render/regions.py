@@ -36,9 +36,7 @@ def projected_regions(spec: SceneSpec, meshes: list[trimesh.Trimesh], margin: in
     return regions
 
 
-def pixel_box(
-    points_px: np.ndarray, width: int, height: int, margin: int
-) -> Box | None:
+def pixel_box(points_px: np.ndarray, width: int, height: int, margin: int) -> Box | None:
     """Integer box [x0, y0, x1, y1) around points, grown by ``margin``, clipped; None if empty."""
     x0 = max(0, math.floor(points_px[:, 0].min()) - margin)
     y0 = max(0, math.floor(points_px[:, 1].min()) - margin)
@@ -85,8 +83,6 @@ def hull_mask(points_px: np.ndarray, width: int, height: int, margin: int) -> np
     if margin > 0:
         mask = ndimage.binary_dilation(mask, structure=np.ones((3, 3), dtype=bool), iterations=margin)
     return mask
-
-
 
 
 def mask_box(mask: np.ndarray) -> list[int] | None:

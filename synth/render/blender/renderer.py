@@ -25,6 +25,8 @@ import bpy
 import numpy as np
 import trimesh
 
+from cobl.core.layers import ALPHA_CHANNEL
+from cobl.core.policy import RENDER_ENGINES
 from cobl.core.spec import RenderSettings, SceneSpec
 from synth.render import groundtruth
 from synth.render.blender import passes
@@ -34,7 +36,6 @@ from synth.render.scene_dir import RenderedScene
 
 __all__ = ["BlenderRenderer", "RenderedScene"]
 
-ENGINES = ("CYCLES", "BLENDER_EEVEE")
 BOX_MARGIN = 1  # px around a projected hull: the 1.5 px pixel filter puts samples <= 0.75 px from a centre
 RENDER_OVERHEAD_PX = 400.0  # see _overhead_px
 INTERIOR_ERODE = 2  # pixels of the visible area trusted to be the object's alone, see _known_from_photo
@@ -77,8 +78,8 @@ class BlenderRenderer:
 
     # -- settings -------------------------------------------------------------------------------------------
     def _configure(self, settings: RenderSettings) -> None:
-        if settings.engine not in ENGINES:
-            raise ValueError(f"render.engine {settings.engine!r}: expected one of {ENGINES}")
+        if settings.engine not in RENDER_ENGINES:
+            raise ValueError(f"render.engine {settings.engine!r}: expected one of {RENDER_ENGINES}")
         scene, render = self.scene, self.scene.render
         render.engine = settings.engine
         if settings.engine != self._engine:
@@ -284,7 +285,7 @@ def _background_needed(
     denoiser (and EEVEE's screen-space effects) spread objects into nearby pixels: then grow the region."""
     needed = np.zeros(shape, dtype=bool)
     for rgba in object_renders:
-        needed |= rgba[..., 3] > 0
+        needed |= rgba[..., ALPHA_CHANNEL] > 0
     if settings.denoise or settings.engine != "CYCLES":
         from scipy import ndimage
 
