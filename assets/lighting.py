@@ -13,11 +13,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-import trimesh
 
-from cobl.core.spec import LightSpec, Quat, Vec3, WorldSpec
-
-HDRI_SUFFIXES = (".hdr", ".exr")
+from cobl.core.camera import look_at_quaternion
+from cobl.core.policy import HDR_SUFFIXES
+from cobl.core.spec import LightSpec, Vec3, WorldSpec
 
 # Total irradiance (W/m^2) the area lights put on the table centre; the key light gets the largest share.
 AREA_IRRADIANCE = (4.5, 8.0)
@@ -57,24 +56,6 @@ def blackbody_rgb(temperature_k: float) -> Vec3:
     linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
     linear = linear / linear.max()
     return (float(linear[0]), float(linear[1]), float(linear[2]))
-
-
-def look_at_quaternion(position: np.ndarray, target: np.ndarray) -> Quat:
-    """Unit quaternion (w, x, y, z) of a rotation whose local -Z points from ``position`` to ``target`` and
-    whose local +Y is as close to world +Z as possible (Blender's light/camera convention)."""
-    z_axis = np.asarray(position, float) - np.asarray(target, float)
-    z_axis /= np.linalg.norm(z_axis)
-    x_axis = np.cross([0.0, 0.0, 1.0], z_axis)
-    if np.linalg.norm(x_axis) < 1e-8:  # looking straight down
-        x_axis = np.array([1.0, 0.0, 0.0])
-    x_axis /= np.linalg.norm(x_axis)
-    y_axis = np.cross(z_axis, x_axis)
-    m = np.eye(4)
-    m[:3, :3] = np.column_stack([x_axis, y_axis, z_axis])
-    q = trimesh.transformations.quaternion_from_matrix(m)
-    if q[0] < 0:
-        q = -q
-    return (float(q[0]), float(q[1]), float(q[2]), float(q[3]))
 
 
 def _position(rng: np.random.Generator, azimuth: float) -> np.ndarray:
@@ -129,7 +110,7 @@ def sample_lights(rng: np.random.Generator, n_min: int = 1, n_max: int = 3) -> t
 def list_hdris(hdri_dir: str) -> tuple[str, ...]:
     """HDRI files under ``hdri_dir`` (recursive, sorted, absolute)."""
     return tuple(
-        sorted(str(p.resolve()) for p in Path(hdri_dir).rglob("*") if p.suffix.lower() in HDRI_SUFFIXES)
+        sorted(str(p.resolve()) for p in Path(hdri_dir).rglob("*") if p.suffix.lower() in HDR_SUFFIXES)
     )
 
 

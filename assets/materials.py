@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cobl.core.policy import HDR_SUFFIXES, IMAGE_SUFFIXES
 from cobl.core.spec import MaterialSpec, Vec3
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".hdr", ".bmp", ".webp")
+TEXTURE_SUFFIXES = IMAGE_SUFFIXES + HDR_SUFFIXES  # Blender's image texture node reads HDR files too
 
 # Relative frequency of each procedural kind for objects; "image" is added when a texture dir has images.
 OBJECT_KIND_WEIGHTS: dict[str, float] = {
@@ -83,7 +84,7 @@ def sample_palette(
 def list_images(texture_dir: str) -> tuple[str, ...]:
     """Image files under ``texture_dir`` (recursive, sorted, absolute): the same list on every worker."""
     root = Path(texture_dir)
-    return tuple(sorted(str(p.resolve()) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+    return tuple(sorted(str(p.resolve()) for p in root.rglob("*") if p.suffix.lower() in TEXTURE_SUFFIXES))
 
 
 def _choose(rng: np.random.Generator, weights: dict[str, float]) -> str:

@@ -33,7 +33,7 @@ def scan_assets_dir(assets_dir: str | Path) -> tuple[list[AssetRef], list[str]]:
     root = Path(assets_dir)
     if not root.is_dir():
         raise UserError(
-            f"--assets-dir {root}: not a directory (expected a folder of {'/'.join(MESH_SUFFIXES)})"
+            f"{root}: not a directory (expected a folder of {'/'.join(MESH_SUFFIXES)})", option="assets_dir"
         )
     refs: list[AssetRef] = []
     errors: list[str] = []

@@ -62,10 +62,10 @@ def main() -> None:
         photo_alone = t["build"] + t["photo"]
         total = photo_alone + sum(t[k] for k in PASSES if k != "photo")
         ratios.append(total / photo_alone)
-        psnrs.append(scene.ground_truth["recomposition_psnr"])
+        psnrs.append(scene.ground_truth.recomposition_psnr)
         for k in PASSES:
             shares[k].append(t[k] / photo_alone)
-        info = scene.ground_truth["render"]
+        info = scene.ground_truth.render
         print(
             f"scene {seed}: {len(spec.objects)} objects, photo alone {photo_alone:.2f} s, all ground truth "
             f"{total:.2f} s (bg {t['background']:.2f} in {info['background_renders']} renders, layers "

@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 
 from cobl.core.layers import ALPHA_CHANNEL, EMPTY_RGB, modal_ids
+from cobl.core.policy import ALPHA_THRESHOLD
 
 
 def visible_only_layers(
-    photo: Any, true_layers: Any, ids: Any = None, threshold: float = 0.5
+    photo: Any, true_layers: Any, ids: Any = None, threshold: float = ALPHA_THRESHOLD
 ) -> tuple[np.ndarray, np.ndarray]:
     """Layers ``[N, 4, H, W]`` (front to back) and background ``[3, H, W]`` cut from ``photo [3, H, W]``.
 

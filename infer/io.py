@@ -22,9 +22,10 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from cobl.core import schema
 from cobl.core.atomic import atomic_path
 from cobl.core.errors import UserError
+from cobl.core.images import over_checkerboard, to_uint8
 from cobl.core.layers import composite
+from cobl.core.policy import IMAGE_SUFFIXES
 
-PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 RECOMPOSITION = "recomposition.png"
 ORDER = "order.json"
 CONTACT_SHEET = "contact_sheet.png"
@@ -59,9 +60,9 @@ def list_photos(path: str | Path) -> list[Path]:
     """``path`` itself, or the images directly inside a folder (sorted); one-line error if there are none."""
     path = Path(path)
     if path.is_dir():
-        photos = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+        photos = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not photos:
-            raise UserError(f"{path}: folder holds no images ({', '.join(PHOTO_SUFFIXES)})")
+            raise UserError(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return photos
     if not path.exists():
         raise UserError(f"{path}: no such image file or folder")
@@ -123,12 +124,6 @@ def resize_to(image: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return x.reshape(*lead, *x.shape[-3:])
 
 
-def to_uint8(image: Any) -> np.ndarray:
-    """``[C, H, W]`` in [0, 1] -> ``[H, W, C]`` uint8."""
-    x = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
-
-
 def save_png(path: Path, image: Any) -> None:
     """Write ``[3 or 4, H, W]`` in [0, 1] as an RGB or straight-alpha RGBA PNG."""
     Image.fromarray(to_uint8(image)).save(path, format="PNG")
@@ -142,12 +137,10 @@ def contact_sheet(
     h, w = photo.shape[-2:]
     scale = tile / max(h, w)
     th, tw = max(1, round(h * scale)), max(1, round(w * scale))
-    yy, xx = np.mgrid[0:h, 0:w]
-    checker = torch.from_numpy(np.where(((yy // 8 + xx // 8) % 2)[None], 0.8, 0.6).astype(np.float32))
-    tiles = [("photo", photo), ("recomposition", recomposition), ("background", background)]
+    tiles = [("photo", to_uint8(photo)), ("recomposition", to_uint8(recomposition))]
+    tiles.append(("background", to_uint8(background)))
     for k, layer in enumerate(layers):
-        alpha = layer[3:4]
-        tiles.append((schema.layer_name(k).removesuffix(".png"), alpha * layer[:3] + (1 - alpha) * checker))
+        tiles.append((schema.layer_name(k).removesuffix(".png"), over_checkerboard(to_uint8(layer))))
     per_row = min(len(tiles), 6)
     rows = -(-len(tiles) // per_row)
     label_h, pad = 14, 4
@@ -156,7 +149,7 @@ def contact_sheet(
     for i, (label, image) in enumerate(tiles):
         x = pad + (i % per_row) * (tw + pad)
         y = pad + (i // per_row) * (th + label_h + pad)
-        sheet.paste(Image.fromarray(to_uint8(image)).resize((tw, th), Image.BILINEAR), (x, y))
+        sheet.paste(Image.fromarray(image).resize((tw, th), Image.BILINEAR), (x, y))
         draw.text((x, y + th + 1), label, fill="black")
     return sheet
 

@@ -17,7 +17,7 @@ Definitions (the ones the report's table documents):
   * ``order_accuracy``: over pairs of matched true objects whose true amodal masks overlap (so one hides the
     other), the fraction whose predicted slots are in the same front/back order.
   * ``count_accuracy``: 1 when the number of predicted layers equals the number of true objects.
-PSNRs are capped at ``MAX_PSNR`` dB so a perfect prediction gives a finite, JSON-safe number.
+PSNRs (cobl.core.images.psnr) are capped at ``PSNR_CAP_DB`` so a perfect prediction gives a finite number.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import structural_similarity_index_measure
 
+from cobl.core.images import psnr
 from cobl.core.layers import ALPHA_CHANNEL, EMPTY_RGB, composite, visible_weights
+from cobl.core.policy import ALPHA_THRESHOLD
 
-ALPHA_THRESHOLD = 0.5
 OCCLUDED_BELOW = 0.95
-MAX_PSNR = 100.0
 
 
 @dataclass(frozen=True)
@@ -95,15 +95,6 @@ def visible_fractions(alphas: Any) -> np.ndarray:
     mass = a.reshape(len(a), -1).sum(1)
     vis = visible_weights(a).reshape(len(a), -1).sum(1)
     return np.divide(vis, mass, out=np.zeros_like(vis), where=mass > 0)
-
-
-def psnr(pred: Any, target: Any) -> float:
-    """PSNR in dB for values in [0, 1] (torchmetrics, ``data_range=1``), capped at ``MAX_PSNR``."""
-    pred_t, target_t = _torch(pred), _torch(target)
-    if pred_t.numel() == 0:
-        return float("nan")
-    value = float(peak_signal_noise_ratio(pred_t, target_t, data_range=1.0))
-    return min(value, MAX_PSNR)
 
 
 def _over_grey(layer: torch.Tensor) -> torch.Tensor:

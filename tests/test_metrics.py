@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from cobl.core.layers import composite
+from cobl.core.policy import PSNR_CAP_DB
 from infer.baselines import visible_only_layers
-from infer.metrics import MAX_PSNR, evaluate_scene, iou_matrix, match_layers, summarize, visible_fractions
+from infer.metrics import evaluate_scene, iou_matrix, match_layers, summarize, visible_fractions
 
 
 def _rect_layer(h, w, box, colour):
@@ -45,8 +46,8 @@ def test_perfect_prediction_scores_one():
     row = evaluate_scene(layers[:3], bg, layers, photo)
     assert row["num_true"] == 3 and row["count_accuracy"] == 1.0
     assert row["amodal_miou"] == pytest.approx(1.0)
-    assert row["layer_psnr"] == MAX_PSNR and row["layer_ssim"] == pytest.approx(1.0)
-    assert row["recomposition_psnr"] == MAX_PSNR
+    assert row["layer_psnr"] == PSNR_CAP_DB and row["layer_ssim"] == pytest.approx(1.0)
+    assert row["recomposition_psnr"] == PSNR_CAP_DB
     assert row["order_pairs"] == 1 and row["order_accuracy"] == 1.0
     # Object 1 is partly hidden by object 0: 9 of its 49 pixels.
     vis = [o["visible_fraction"] for o in row["objects"]]
@@ -88,7 +89,7 @@ def test_masked_psnr_only_looks_inside_true_mask():
     pred = layers[:3].copy()
     pred[0, :3, 0, 0] = 0.0  # outside every true mask: no effect
     row = evaluate_scene(pred, bg, layers, photo)
-    assert row["objects"][0]["psnr"] == MAX_PSNR
+    assert row["objects"][0]["psnr"] == PSNR_CAP_DB
     pred[0, 0, 2:8, 2:8] = 0.9  # red 1.0 -> 0.9 inside the mask: MSE = 0.01 / 3
     row = evaluate_scene(pred, bg, layers, photo)
     assert row["objects"][0]["psnr"] == pytest.approx(10 * np.log10(3 / 0.01), abs=1e-3)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from cobl.core import schema
 from cobl.core.errors import UserError
+from cobl.core.groundtruth import CameraTruth, GroundTruth, ObjectTruth, OcclusionEdge
 from cobl.core.layers import composite, to_channels_first, to_channels_last
 from synth.dataset.manifest import SHARDS_DIR, Manifest, ShardRecord
 from synth.dataset.plan import GenerationConfig, scene_id
@@ -56,23 +57,36 @@ def disc_scene(index: int) -> dict[str, bytes]:
     ids = np.zeros((RES, RES), np.uint8)
     for k in reversed(range(n)):
         ids[amodal[k]] = k + 1
-    objects = [
-        {"name": f"disc{k}", "layer": k, "visible_fraction": float((ids == k + 1).sum() / amodal[k].sum())}
+    objects = tuple(
+        ObjectTruth(
+            name=f"disc{k}",
+            layer=k,
+            pass_index=k + 1,
+            amodal_pixels=int(amodal[k].sum()),
+            modal_pixels=int((ids == k + 1).sum()),
+            visible_fraction=float((ids == k + 1).sum() / amodal[k].sum()),
+            amodal_box=None,
+            modal_box=None,
+        )
         for k in range(n)
-    ]
-    edges = [
-        {"front": f"disc{a}", "back": f"disc{b}", "pixels": int((amodal[a] & amodal[b]).sum())}
+    )
+    edges = tuple(
+        OcclusionEdge(f"disc{a}", f"disc{b}", int((amodal[a] & amodal[b]).sum()))
         for a in range(n)
         for b in range(a + 1, n)
         if (amodal[a] & amodal[b]).any()
-    ]
-    gt = {
-        "order": [o["name"] for o in objects],
-        "order_from_occlusion": True,
-        "objects": objects,
-        "occlusion_edges": edges,
-        "recomposition_psnr": 60.0,
-    }
+    )
+    gt = GroundTruth(
+        order=tuple(o.name for o in objects),
+        objects=objects,
+        occlusion_edges=edges,
+        dropped_edges=(),
+        camera=CameraTruth(
+            K=((1.0, 0.0, 0.0),) * 3, world_to_camera=((1.0, 0.0, 0.0, 0.0),) * 4, width=RES, height=RES
+        ),
+        recomposition_psnr=60.0,
+        ids_stack_agreement=1.0,
+    ).to_dict()
     spec = {
         "scene_id": scene_id(index),
         "objects": [
@@ -95,7 +109,11 @@ def disc_scene(index: int) -> dict[str, bytes]:
 
 def make_dataset(root: Path, n: int = 8) -> GenerationConfig:
     config = GenerationConfig(
-        num_scenes=n, resolution=RES, splits={"train": 0.75, "val": 0.25}, shard_size=4, layer_slots=SLOTS
+        num_scenes=n,
+        resolution=RES,
+        splits={"train": 0.75, "val": 0.25},
+        shard_size=4,
+        sampler={"max_objects": SLOTS},
     )
     manifest = Manifest(config=config.to_dict())
     for plan in config.plan():

@@ -34,7 +34,7 @@ def test_layers_recomposite_to_the_photo(rendered):
         photo = np.moveaxis(scene.image(schema.RGB).astype(np.float64) / 255.0, -1, 0)
         psnr = 10 * np.log10(1.0 / np.mean((recomposed - photo) ** 2))
         assert psnr >= 30.0, f"{scene.scene_id}: recomposition {psnr:.1f} dB"
-        assert psnr == pytest.approx(scene.ground_truth["recomposition_psnr"], abs=1e-6)
+        assert psnr == pytest.approx(scene.ground_truth.recomposition_psnr, abs=1e-6)
 
 
 def test_background_equals_photo_outside_the_objects(rendered):
@@ -67,7 +67,7 @@ def test_masks_and_depth_match_pyrender(rendered):
         blender_depth = scene.depth()
         ids = scene.image(schema.IDS)
         ious = []
-        for k, name in enumerate(scene.ground_truth["order"]):
+        for k, name in enumerate(scene.ground_truth.order):
             i = names.index(name)
             ious.append(mask_iou(layers[k][..., 3] > 127, masks[i]))
             # A one-pixel boundary disagreement costs a small object much more IoU than a large one.
@@ -110,7 +110,7 @@ def test_partial_renders_equal_full_renders(monkeypatch):
     spec = sample_scene(11, config)
     with renderer_module.BlenderRenderer(threads=2) as renderer:
         fast = renderer.render(spec)
-        assert fast.ground_truth["render"]["layer_renders"] > 0
+        assert fast.ground_truth.render["layer_renders"] > 0
         monkeypatch.setattr(renderer_module, "_known_from_photo", lambda *args: None)
         monkeypatch.setattr(renderer_module, "RENDER_OVERHEAD_PX", 1e9)  # one box per object / cluster
         monkeypatch.setattr(renderer_module, "BOX_MARGIN", 4)  # generous margins around the projections
@@ -120,7 +120,7 @@ def test_partial_renders_equal_full_renders(monkeypatch):
 
 
 def test_cover_boxes_cover_the_mask_cheaply():
-    from synth.render.groundtruth import cover_boxes
+    from synth.render.regions import cover_boxes
 
     yy, xx = np.mgrid[:80, :90]
     disc = (xx - 40) ** 2 + (yy - 40) ** 2 < 30**2
@@ -139,7 +139,7 @@ def test_cover_boxes_cover_the_mask_cheaply():
 
 
 def test_hull_mask_contains_the_projection():
-    from synth.render.groundtruth import hull_mask
+    from synth.render.regions import hull_mask
 
     rng = np.random.default_rng(0)
     points = rng.normal(size=(200, 2)) * 6 + 30
@@ -166,6 +166,6 @@ def test_every_object_matches_pyrender_at_095_when_objects_are_resolved():
             scene = renderer.render(spec)
             masks, _ = render_amodal(spec)
             names = [o.name for o in spec.objects]
-            for k, name in enumerate(scene.ground_truth["order"]):
+            for k, name in enumerate(scene.ground_truth.order):
                 iou = mask_iou(scene.layers()[k][..., 3] > 127, masks[names.index(name)])
                 assert iou >= 0.95, f"seed {seed} {name}: IoU {iou:.3f}"

@@ -14,6 +14,7 @@ import pytest
 import shapely
 import trimesh
 
+from cobl.core import camera
 from cobl.core.spec import CameraSpec, SceneSpec
 from synth.scene import geometry
 from synth.scene.occlusion import front_to_back_order, occlusion_edges, visible_fractions
@@ -135,19 +136,19 @@ def _camera(eye, target, width=64, height=48) -> CameraSpec:
         height=height,
         focal_mm=36.0,
         sensor_width_mm=36.0,
-        cam_to_world=geometry.look_at(np.array(eye, float), np.array(target, float)),
+        cam_to_world=camera.look_at(np.array(eye, float), np.array(target, float)),
     )
 
 
 def test_projection_convention_row_zero_is_top() -> None:
     cam = _camera([0.0, -1.0, 0.0], [0.0, 0.0, 0.0])
-    xy, depth = geometry.project_points(cam, np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.1], [0.1, 0.0, 0.0]]))
+    xy, depth = camera.project_points(cam, np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.1], [0.1, 0.0, 0.0]]))
     np.testing.assert_allclose(xy[0], [32.0, 24.0])
     assert xy[1, 1] < 24.0  # up in the world is up in the image (smaller row)
     assert xy[2, 0] > 32.0  # world +x is to the right when looking along +y
     np.testing.assert_allclose(depth, [1.0, 1.0, 1.0])
     np.testing.assert_allclose(xy[2, 0] - 32.0, 0.1 * 64)  # fx = focal / sensor width * width
-    np.testing.assert_allclose(geometry.intrinsics(cam, 32)[0, 0], 32.0)
+    np.testing.assert_allclose(camera.intrinsics(cam, 32)[0, 0], 32.0)
 
 
 def test_raster_masks_depth_and_boxes_on_a_known_box() -> None:

@@ -185,8 +185,9 @@ def test_splits_and_shards_cover_every_scene_once() -> None:
     "bad", ["train=0.5", "train=0.5,val", "Train=1", "train=1.5,val=-0.5", "a=0.5,a=0.5"]
 )
 def test_bad_split_is_a_user_error(bad: str) -> None:
-    with pytest.raises(UserError, match="--split"):
+    with pytest.raises(UserError, match="^split: ") as err:
         parse_splits(bad)
+    assert err.value.option == "split" and err.value.as_flag().startswith("--split: ")
 
 
 # -- manifest, verify, resume ------------------------------------------------------------------------------
@@ -194,7 +195,11 @@ def test_bad_split_is_a_user_error(bad: str) -> None:
 
 def _config(n: int = 7, shard_size: int = 3) -> GenerationConfig:
     return GenerationConfig(
-        num_scenes=n, resolution=RES, splits={"train": 1.0}, shard_size=shard_size, layer_slots=SLOTS
+        num_scenes=n,
+        resolution=RES,
+        splits={"train": 1.0},
+        shard_size=shard_size,
+        sampler={"max_objects": SLOTS},
     )
 
 
@@ -289,9 +294,9 @@ def test_prepare_output_refuses_a_different_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"num_scenes": 0}, "--scenes"),
-        ({"resolution": 4}, "--resolution"),
-        ({"engine": "WORKBENCH"}, "--engine"),
+        ({"num_scenes": 0}, "^num_scenes: 0 should be >= 1$"),
+        ({"resolution": 4}, "^resolution: "),
+        ({"engine": "WORKBENCH"}, "^engine: 'WORKBENCH' should be one of CYCLES, BLENDER_EEVEE$"),
         ({"sampler_overrides": {"max_objectz": 3}}, "max_objectz"),
         ({"sampler_overrides": {"min_objects": 4, "max_objects": 2}}, "min_objects"),
     ],
@@ -304,19 +309,34 @@ def test_bad_generation_options_are_user_errors(kwargs: dict, match: str) -> Non
         make_config(kwargs.pop("num_scenes"), **kwargs)
 
 
-def test_run_rejects_bad_options_before_writing_anything(tmp_path: Path) -> None:
+def test_run_rejects_bad_options_before_writing_anything(tmp_path: Path, capsys) -> None:
+    from cobl.app import cli
+
     out = tmp_path / "never"
-    assert dataset_cli(["run", "--out", str(out), "--scenes", "3", "--split", "train=0.5"]) == 2
-    assert dataset_cli(["run", "--out", str(out), "--scenes", "3", "--max-objects", "0"]) == 2
+    for bad, flag in (
+        (["--scenes", "3", "--split", "train=0.5"], "--split: "),
+        (["--scenes", "0"], "--scenes: "),
+        (["--scenes", "3", "--shard-size", "0"], "--shard-size: "),
+        (["--scenes", "3", "--workers", "0"], "--workers: "),
+        (["--scenes", "3", "--max-objects", "0"], ""),
+    ):
+        capsys.readouterr()
+        assert cli.main(["synth", "run", "--out", str(out), *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"cobl: error: {flag}") and "\n" not in err, err
     assert not out.exists()
 
 
-def test_config_records_layer_slots_and_the_full_sampler_config() -> None:
+def test_config_records_the_full_sampler_config_and_derives_layer_slots() -> None:
     from synth.dataset.plan import make_config
     from synth.scene.sampler import SamplerConfig
 
     config = make_config(10, resolution=32, samples=2, sampler_overrides={"max_objects": 4})
-    assert config.layer_slots == 4
+    assert config.layer_slots == 4 and "layer_slots" not in config.to_dict()
     assert set(config.sampler) == {f.name for f in __import__("dataclasses").fields(SamplerConfig)}
     assert config.sampler["width"] == config.sampler["height"] == 32 and config.sampler["samples"] == 2
     assert GenerationConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    # manifests written before layer_slots was derived still load
+    assert GenerationConfig.from_dict({**config.to_dict(), "layer_slots": 4}) == config
+    with pytest.raises(UserError, match="unknown field"):
+        GenerationConfig.from_dict({**config.to_dict(), "colour": "red"})

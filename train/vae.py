@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from cobl.core.layers import ALPHA_CHANNEL
+
 TINY_VAE_KWARGS: dict[str, Any] = dict(
     in_channels=3,
     out_channels=3,
@@ -32,8 +34,8 @@ def _images(photo: torch.Tensor, background: torch.Tensor, layers: torch.Tensor)
     """Every image the codec encodes (photos [B,3,H,W], backgrounds, layers [B,K,4,H,W]), as [N, 3, H, W] in
     [0, 1]."""
     layers = layers.flatten(0, 1)
-    alpha = layers[:, 3:4].expand(-1, 3, -1, -1)
-    occupied = layers[:, 3].flatten(1).amax(1) > 0
+    alpha = layers[:, ALPHA_CHANNEL : ALPHA_CHANNEL + 1].expand(-1, 3, -1, -1)
+    occupied = layers[:, ALPHA_CHANNEL].flatten(1).amax(1) > 0
     return torch.cat([photo, background, layers[occupied, :3], alpha[occupied]])
 
 

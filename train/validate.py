@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from cobl.core.layers import EMPTY_RGB, composite
+from cobl.core.layers import ALPHA_CHANNEL, EMPTY_RGB, composite
 from infer.pipeline import CObLPipeline
 
 
@@ -37,7 +37,8 @@ def layer_grid(photo: torch.Tensor, layers: torch.Tensor, background: torch.Tens
     rows = []
     for i in range(photo.shape[0]):
         shown = [
-            layers[i, k, 3:4] * layers[i, k, :3] + (1 - layers[i, k, 3:4]) * grey
+            layers[i, k, ALPHA_CHANNEL : ALPHA_CHANNEL + 1] * layers[i, k, :3]
+            + (1 - layers[i, k, ALPHA_CHANNEL : ALPHA_CHANNEL + 1]) * grey
             for k in range(layers.shape[1])
         ]
         recomposed = composite(layers[i], background[i])

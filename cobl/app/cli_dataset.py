@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from cobl.core.policy import RENDER_ENGINES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -18,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scenes", required=True, type=int, help="number of scenes N")
     p.add_argument("--resolution", type=int, default=128, help="square image size in pixels (default 128)")
     p.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel (default 16)")
-    p.add_argument("--engine", default="CYCLES", help="CYCLES (default) or BLENDER_EEVEE")
+    p.add_argument("--engine", default="CYCLES", help=f"one of {', '.join(RENDER_ENGINES)} (default CYCLES)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed; scene i uses scene_seed(SEED, i)")
     p.add_argument("--split", default="train=0.9,val=0.05,test=0.05", help="NAME=FRACTION,... summing to 1")
     p.add_argument("--shard-size", type=int, default=1000, help="scenes per shard (default 1000)")
@@ -101,19 +103,25 @@ def _sampler_overrides(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cobl.core.errors import UserError
     from synth.dataset.generate import GenerationError, run_generation
     from synth.dataset.plan import make_config, parse_splits
 
-    config = make_config(
-        args.scenes,
-        seed=args.seed,
-        resolution=args.resolution,
-        samples=args.samples,
-        engine=args.engine,
-        splits=parse_splits(args.split),
-        shard_size=args.shard_size,
-        sampler_overrides=_sampler_overrides(args),
-    )
+    try:
+        config = make_config(
+            args.scenes,
+            seed=args.seed,
+            resolution=args.resolution,
+            samples=args.samples,
+            engine=args.engine,
+            splits=parse_splits(args.split),
+            shard_size=args.shard_size,
+            sampler_overrides=_sampler_overrides(args),
+        )
+    except UserError as err:
+        if err.option == "num_scenes":  # the config's name for the value of --scenes
+            raise UserError(err.detail, option="scenes") from None
+        raise
     try:
         summary = run_generation(
             args.out,
@@ -169,6 +177,7 @@ def _publish(args: argparse.Namespace) -> int:
 def _rerender(args: argparse.Namespace) -> int:
     from cobl.core import schema
     from cobl.core.errors import UserError
+    from cobl.core.groundtruth import GroundTruth
     from synth.dataset.manifest import SHARDS_DIR, Manifest
     from synth.dataset.plan import GenerationConfig, scene_id
     from synth.dataset.shards import iter_shard
@@ -180,7 +189,7 @@ def _rerender(args: argparse.Namespace) -> int:
     if not 0 <= args.index < config.num_scenes:
         raise UserError(f"--index: {args.index} should be in [0, {config.num_scenes})")
     members = render_sample(BlenderRenderer(), config, args.index)
-    n = len(json.loads(members[schema.SCENE])["ground_truth"]["objects"])
+    n = len(GroundTruth.from_scene(json.loads(members[schema.SCENE])).objects)
     files = {k: v for k, v in members.items() if schema.layer_index(k) is None or schema.layer_index(k) < n}
     write_scene_dir(RenderedScene(scene_id(args.index), files), args.out)
     print(args.out)

@@ -157,10 +157,10 @@ def run_infer(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cobl.core import schema
+    from cobl.core.images import psnr
     from cobl.core.layers import composite
     from cobl.model.depth import load_depth_file
     from infer import io
-    from infer.metrics import psnr
     from infer.pipeline import decompose
 
     _check_options(args)
@@ -220,7 +220,8 @@ def run_infer(args: argparse.Namespace) -> int:
 
 def _depth_files(depth: str | None, photos: list[Path]) -> dict[Path, Path] | None:
     """Photo -> its depth file, every one checked to load; None without ``--depth``."""
-    from cobl.model.depth import IMAGE_SUFFIXES, load_depth_file
+    from cobl.core.policy import IMAGE_SUFFIXES
+    from cobl.model.depth import load_depth_file
 
     if depth is None:
         return None

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 from cobl.core.errors import UserError
-
-ENGINES = ("CYCLES", "BLENDER_EEVEE")
+from cobl.core.policy import RENDER_ENGINES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="scene seed (with --scenes N: seeds SEED..SEED+N-1)")
     p.add_argument("--resolution", type=int, default=256, help="square image size in pixels (default 256)")
     p.add_argument("--out", type=Path, required=True, help="output directory (replaced atomically)")
-    p.add_argument("--engine", default="CYCLES", help="CYCLES (default) or BLENDER_EEVEE")
+    p.add_argument("--engine", default="CYCLES", help=f"one of {', '.join(RENDER_ENGINES)} (default CYCLES)")
     p.add_argument("--samples", type=int, default=16, help="samples per pixel (default 16)")
     p.add_argument(
         "--denoise", action="store_true", help="run the denoiser (layers then recomposite less exactly)"
@@ -68,11 +67,11 @@ def sampler_config(args: argparse.Namespace):
     from synth.scene.sampler import SamplerConfig
 
     if args.resolution < 8:
-        raise UserError(f"--res: {args.resolution} should be >= 8")
+        raise UserError(f"--resolution: {args.resolution} should be >= 8")
     if args.samples < 1:
         raise UserError(f"--samples: {args.samples} should be >= 1")
-    if args.engine not in ENGINES:
-        raise UserError(f"--engine: {args.engine!r} should be one of {', '.join(ENGINES)}")
+    if args.engine not in RENDER_ENGINES:
+        raise UserError(f"--engine: {args.engine!r} should be one of {', '.join(RENDER_ENGINES)}")
     if args.scenes < 1:
         raise UserError(f"--scenes: {args.scenes} should be >= 1")
     if args.seed < 0:
@@ -139,8 +138,8 @@ def _scene(args: argparse.Namespace) -> int:
             rendered.append(scene)
             gt = scene.ground_truth
             print(
-                f"{spec.scene_id}: {len(spec.objects)} objects, order {' > '.join(gt['order'])}, "
-                f"recomposition {gt['recomposition_psnr']:.1f} dB, {renderer.last_timings['total']:.2f} s"
+                f"{spec.scene_id}: {len(spec.objects)} objects, order {' > '.join(gt.order)}, "
+                f"recomposition {gt.recomposition_psnr:.1f} dB, {renderer.last_timings['total']:.2f} s"
             )
     if len(rendered) == 1:
         write_scene_dir(rendered[0], args.out)

@@ -12,8 +12,7 @@ import numpy as np
 from PIL import Image
 
 from cobl.app.report import write_report
-from infer.io import to_uint8
-from synth.render.contact_sheet import over_checkerboard
+from cobl.core.images import over_checkerboard, to_uint8
 
 FIGURE_SCENES = 4
 CELL = 128  # pixels per image cell in the figures (nearest upscaling keeps 64² renders crisp)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cobl.core.policy import ALPHA_THRESHOLD
+
 # Fixed neutral colour of empty slots (and of the transparent parts of a layer), in [0, 1].
 EMPTY_RGB = (0.5, 0.5, 0.5)
 ALPHA_CHANNEL = 3
@@ -45,7 +47,7 @@ def visible_weights(alphas: Any) -> Any:
     return _stack_like(alphas, weights)
 
 
-def modal_ids(alphas: Any, threshold: float = 0.5) -> Any:
+def modal_ids(alphas: Any, threshold: float = ALPHA_THRESHOLD) -> Any:
     """Modal instance map from amodal alphas ``[..., K, H, W]``: 0 = background, k+1 = frontmost slot k with
     alpha > threshold at that pixel. The same convention as ``ids.png``."""
     covered = alphas > threshold

@@ -19,5 +19,8 @@ PSNR_CAP_DB = 100.0
 # Render engines the renderer supports (bpy 5 names).
 RENDER_ENGINES = ("CYCLES", "BLENDER_EEVEE")
 
-# Raster image files PIL reads (photos, depth images); HDR formats are separate (assets.lighting).
+# Raster image files PIL reads (photos, depth images); HDR formats are separate.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+# High-dynamic-range images Blender reads (HDRI worlds, and image textures beside IMAGE_SUFFIXES).
+HDR_SUFFIXES = (".hdr", ".exr")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cobl.core.errors import UserError
-from cobl.core.layers import NUM_LAYER_CHANNELS
+from cobl.core.layers import ALPHA_CHANNEL, NUM_LAYER_CHANNELS
 
 
 def _to_signed(x: torch.Tensor) -> torch.Tensor:
@@ -142,7 +142,7 @@ class VAECodec(LayerCodec):
         return self.vae.decode(z).sample
 
     def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        rgb, alpha = images[:, :3], images[:, 3:4].expand(-1, 3, -1, -1)
+        rgb, alpha = images[:, :3], images[:, ALPHA_CHANNEL : ALPHA_CHANNEL + 1].expand(-1, 3, -1, -1)
         z = self._encode_rgb(torch.cat([rgb, alpha], dim=0))
         n = images.shape[0]
         return torch.cat([z[:n], z[n:]], dim=1)

@@ -32,7 +32,7 @@ from PIL import Image
 
 from cobl.core import schema
 from cobl.core.errors import UserError
-from cobl.core.layers import EMPTY_RGB
+from cobl.core.layers import ALPHA_CHANNEL, EMPTY_RGB
 from cobl.model.batch import Batch, Sample
 from cobl.model.depth import depth_from_npy_bytes
 
@@ -99,7 +99,7 @@ def _layer_png(data: bytes) -> np.ndarray | tuple[int, int]:
     if size is not None:
         return size
     rgba = _png(data, "RGBA")
-    if rgba[..., 3].any():
+    if rgba[..., ALPHA_CHANNEL].any():
         return rgba
     if len(data) <= _EMPTY_CACHE_MAX_BYTES and len(_EMPTY_PNGS) < _EMPTY_CACHE_SIZE:
         _EMPTY_PNGS[bytes(data)] = rgba.shape[:2]
@@ -200,8 +200,8 @@ def decode_sample(
     if (h, w) != (resolution, resolution):
         empty = torch.from_numpy(empty_rgb)
         # Resample premultiplied colour so edges do not pick up the neutral colour, then un-premultiply.
-        alpha = _resize(stack[:, 3:4], resolution)
-        premult = _resize(stack[:, :3] * stack[:, 3:4], resolution)
+        alpha = _resize(stack[:, ALPHA_CHANNEL : ALPHA_CHANNEL + 1], resolution)
+        premult = _resize(stack[:, :3] * stack[:, ALPHA_CHANNEL : ALPHA_CHANNEL + 1], resolution)
         rgb = torch.where(alpha > 1e-4, premult / alpha.clamp_min(1e-4), empty[None])
         stack = torch.cat([rgb.clamp(0, 1), alpha.clamp(0, 1)], dim=1).contiguous()
         photo = _resize(photo, resolution).clamp(0, 1).contiguous()

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from cobl.core.errors import UserError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+from cobl.core.policy import IMAGE_SUFFIXES
 
 
 def _min_max(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

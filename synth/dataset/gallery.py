@@ -14,12 +14,12 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from cobl.core import schema
+from cobl.core.groundtruth import GroundTruth
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 16px; background: #f4f4f4; color: #222; }
@@ -126,9 +126,8 @@ def _figure(src: str, caption: str, cls: str = "") -> str:
 def _sample_block(out_dir: Path, split: str, key: str, members: dict[str, bytes]) -> str:
     img_dir = out_dir / "img" / key
     img_dir.mkdir(parents=True)
-    doc: dict[str, Any] = json.loads(members[schema.SCENE])
-    gt = doc["ground_truth"]
-    objects = gt.get("objects", [])
+    gt = GroundTruth.from_scene(json.loads(members[schema.SCENE]), f"{key}.{schema.SCENE}")
+    objects = gt.objects
     for name in (schema.RGB, schema.BACKGROUND, schema.IDS):
         (img_dir / name).write_bytes(members[name])
     (img_dir / "ids_colour.png").write_bytes(colour_ids(members[schema.IDS]))
@@ -144,26 +143,24 @@ def _sample_block(out_dir: Path, split: str, key: str, members: dict[str, bytes]
     for k, obj in enumerate(objects):
         name = schema.layer_name(k)
         (img_dir / name).write_bytes(members[name])
-        vis = float(obj["visible_fraction"])
+        vis = float(obj.visible_fraction)
         cls = "vis low" if vis < 0.5 else "vis"
         where = "front" if k == 0 else ("back" if k == len(objects) - 1 else f"#{k}")
         caption = (
-            f"layer {k:02d} ({where})<br>{html.escape(str(obj['name']))}<br>"
+            f"layer {k:02d} ({where})<br>{html.escape(obj.name)}<br>"
             f'<span class="{cls}">visible {100 * vis:.0f}%</span>'
         )
         layer_figs.append(_figure(rel + name, caption, "checker"))
     empty = sum(1 for m in members if schema.layer_index(m) is not None) - len(objects)
-    psnr = gt.get("recomposition_psnr")
     info = f"{split} &middot; {len(objects)} objects"
     if empty > 0:
         info += f" &middot; {empty} empty slot(s)"
-    if psnr is not None:
-        info += f" &middot; recomposition PSNR {float(psnr):.1f} dB"
-    edges = gt.get("occlusion_edges", [])
+    info += f" &middot; recomposition PSNR {gt.recomposition_psnr:.1f} dB"
+    edges = gt.occlusion_edges
     if edges:
         info += (
             " &middot; occlusions: "
-            + ", ".join(html.escape(f"{e['front']} > {e['back']}") for e in edges[:6])
+            + ", ".join(html.escape(f"{e.front} > {e.back}") for e in edges[:6])
             + (" ..." if len(edges) > 6 else "")
         )
     return (

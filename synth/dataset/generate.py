@@ -94,11 +94,9 @@ def prepare_output(
         if shard_dir.is_dir() and any(shard_dir.iterdir()):
             raise UserError(f"{out}: has {SHARDS_DIR}/ but no manifest.json; not a resumable cobl dataset")
         manifest = Manifest(config=config.to_dict())
-    elif manifest.config != config.to_dict():
+    elif (recorded := GenerationConfig.from_dict(manifest.config).to_dict()) != config.to_dict():
         diff = sorted(
-            k
-            for k in set(manifest.config) | set(config.to_dict())
-            if manifest.config.get(k) != config.to_dict().get(k)
+            k for k in set(recorded) | set(config.to_dict()) if recorded.get(k) != config.to_dict().get(k)
         )
         raise UserError(
             f"{out}/manifest.json: generation config differs in {diff}; "
@@ -204,9 +202,9 @@ def run_generation(
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     if workers < 1:
-        raise UserError(f"--workers: {workers} should be >= 1")
+        raise UserError(f"{workers} should be >= 1", option="workers")
     if retries < 0:
-        raise UserError(f"--retries: {retries} should be >= 0")
+        raise UserError(f"{retries} should be >= 0", option="retries")
     out = Path(out)
     t0 = time.monotonic()
     manifest, todo = prepare_output(out, config, log)

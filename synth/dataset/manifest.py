@@ -25,11 +25,11 @@ MANIFEST_VERSION = 1
 
 
 def generator_version() -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return f"cobl {version('cobl')}"
-    except Exception:  # not installed as a distribution (running from a source tree)
+    except PackageNotFoundError:  # not installed as a distribution (running from a source tree)
         return "cobl (source)"
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from cobl.core.errors import UserError
+from cobl.core.policy import RENDER_ENGINES
 from synth.dataset import shards as shardlib
 
 DEFAULT_SPLITS = {"train": 0.9, "val": 0.05, "test": 0.05}
@@ -65,11 +66,11 @@ def parse_splits(text: str) -> dict[str, float]:
             or name in out
         ):
             raise UserError(
-                f"--split: {part!r} should be NAME=FRACTION (lower-case name, fraction in [0, 1])"
+                f"{part!r} should be NAME=FRACTION (lower-case name, fraction in [0, 1])", option="split"
             )
         out[name] = frac
     if not out or not math.isclose(sum(out.values()), 1.0, abs_tol=1e-6):
-        raise UserError(f"--split: fractions {out} should sum to 1")
+        raise UserError(f"fractions {out} should sum to 1", option="split")
     return out
 
 
@@ -116,14 +117,30 @@ class GenerationConfig:
     engine: str = "CYCLES"
     splits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SPLITS))
     shard_size: int = 1000
-    layer_slots: int = 0  # layer members per sample: the sampler's maximum object count
     sampler: dict[str, Any] = field(default_factory=dict)  # every SamplerConfig field
+
+    @property
+    def layer_slots(self) -> int:
+        """Layer members per sample (K on the data side): the most objects a scene may hold, i.e. the
+        sampler's ``max_objects``. Derived, so the two cannot disagree."""
+        return int(self.sampler_config().max_objects)
+
+    def sampler_config(self) -> Any:
+        """The frozen ``SamplerConfig`` every scene of the dataset is sampled with."""
+        from synth.scene.sampler import SamplerConfig
+
+        return SamplerConfig(**_sampler_kwargs(SamplerConfig, self.sampler))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationConfig:
+        # Manifests written before layer_slots was derived also hold it; it always equalled max_objects.
+        data = {k: v for k, v in data.items() if k != "layer_slots"}
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise UserError(f"generation config: unknown field(s) {sorted(unknown)}")
         return cls(**data)
 
     def plan(self) -> list[ShardPlan]:
@@ -145,15 +162,15 @@ def make_config(
     from synth.scene.sampler import SamplerConfig
 
     for name, value, lo in (
-        ("--scenes", num_scenes, 1),
-        ("--resolution", resolution, 8),
-        ("--samples", samples, 1),
-        ("--shard-size", shard_size, 1),
+        ("num_scenes", num_scenes, 1),
+        ("resolution", resolution, 8),
+        ("samples", samples, 1),
+        ("shard_size", shard_size, 1),
     ):
         if value < lo:
-            raise UserError(f"{name}: {value} should be >= {lo}")
-    if engine not in ("CYCLES", "BLENDER_EEVEE"):
-        raise UserError(f"--engine: {engine!r} should be CYCLES or BLENDER_EEVEE")
+            raise UserError(f"{value} should be >= {lo}", option=name)
+    if engine not in RENDER_ENGINES:
+        raise UserError(f"{engine!r} should be one of {', '.join(RENDER_ENGINES)}", option="engine")
     overrides = dict(sampler_overrides or {})
     # the image and render settings live in the sampler config, which builds the spec's camera and render
     overrides.update(width=resolution, height=resolution, samples=samples, engine=engine)
@@ -170,14 +187,8 @@ def make_config(
         engine=engine,
         splits=dict(splits or DEFAULT_SPLITS),
         shard_size=shard_size,
-        layer_slots=max_objects(sampler),
         sampler=_jsonable(dataclasses.asdict(sampler)),
     )
-
-
-def max_objects(sampler_config: Any) -> int:
-    """The most objects a scene can have under this sampler config (= layer slots per sample)."""
-    return int(sampler_config.max_objects)
 
 
 def _jsonable(value: Any) -> Any:
@@ -190,9 +201,9 @@ def _jsonable(value: Any) -> Any:
 
 def dataset_scene_spec(config: GenerationConfig, index: int):
     """The SceneSpec of scene ``index`` exactly as the dataset job renders it (for re-rendering one scene)."""
-    from synth.scene.sampler import SamplerConfig, SamplingError, sample_scene
+    from synth.scene.sampler import SamplingError, sample_scene
 
-    sampler = SamplerConfig(**_sampler_kwargs(SamplerConfig, config.sampler))
+    sampler = config.sampler_config()
     for attempt in range(SAMPLING_ATTEMPTS):
         try:
             return sample_scene(scene_seed(config.seed, index, attempt), sampler, scene_id(index))

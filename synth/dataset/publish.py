@@ -66,7 +66,8 @@ def publish(
 
     acc = StatsAccumulator()
     for rec in shards:
-        acc.update((rec.split, doc) for _, doc in iter_scene_docs(root / SHARDS_DIR / rec.name))
+        for key, doc in iter_scene_docs(root / SHARDS_DIR / rec.name):
+            acc.add(rec.split, doc, f"{rec.name}: {key}.{schema.SCENE}")
     stats = acc.result()
     stats_path = root / "stats.json"
     write_text_atomic(stats_path, json.dumps(stats, indent=2) + "\n")

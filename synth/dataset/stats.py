@@ -11,6 +11,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from cobl.core.groundtruth import GroundTruth
+
 OCCLUSION_LEVELS = (  # (name, lower bound inclusive, upper bound exclusive) on 1 - visible_fraction
     ("none (<1%)", 0.0, 0.01),
     ("light (1-25%)", 0.01, 0.25),
@@ -51,28 +53,25 @@ class StatsAccumulator:
         self.levels: Counter[str] = Counter()
         self.edges_per_scene: list[float] = []
         self.occluded_objects_per_scene: list[float] = []
-        self.order_from_occlusion = 0
+        self.acyclic_scenes = 0
         self.psnr: list[float] = []
         self.families: Counter[str] = Counter()
         self.materials: Counter[str] = Counter()
         self.scenes = 0
 
-    def add(self, split: str, doc: dict[str, Any]) -> None:
-        gt, spec = doc["ground_truth"], doc["spec"]
+    def add(self, split: str, doc: dict[str, Any], where: str = "scene.json") -> None:
+        gt, spec = GroundTruth.from_scene(doc, where), doc["spec"]
         self.scenes += 1
         self.scenes_per_split[split] += 1
-        objects = gt.get("objects", [])
-        self.objects_per_scene[len(objects)] += 1
-        for obj in objects:
-            v = float(obj["visible_fraction"])
+        self.objects_per_scene[len(gt.objects)] += 1
+        for obj in gt.objects:
+            v = float(obj.visible_fraction)
             self.visible.append(v)
             self.levels[occlusion_level(v)] += 1
-        edges = gt.get("occlusion_edges", [])
-        self.edges_per_scene.append(float(len(edges)))
-        self.occluded_objects_per_scene.append(float(len({e["back"] for e in edges})))
-        self.order_from_occlusion += bool(gt.get("order_from_occlusion", True))
-        if "recomposition_psnr" in gt:
-            self.psnr.append(float(gt["recomposition_psnr"]))
+        self.edges_per_scene.append(float(len(gt.occlusion_edges)))
+        self.occluded_objects_per_scene.append(float(len({e.back for e in gt.occlusion_edges})))
+        self.acyclic_scenes += gt.acyclic
+        self.psnr.append(float(gt.recomposition_psnr))
         for obj in spec.get("objects", []):
             self.families[obj["asset"]["family"]] += 1
             self.materials[obj["material"]["kind"]] += 1
@@ -106,7 +105,7 @@ class StatsAccumulator:
             },
             "occlusion_edges_per_scene": _summary(self.edges_per_scene),
             "occluded_objects_per_scene": _summary(self.occluded_objects_per_scene),
-            "scenes_with_acyclic_occlusion": self.order_from_occlusion,
+            "scenes_with_acyclic_occlusion": self.acyclic_scenes,
             "recomposition_psnr_db": _summary(self.psnr),
             "asset_families": dict(self.families.most_common()),
             "material_kinds": dict(self.materials.most_common()),

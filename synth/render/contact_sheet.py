@@ -10,22 +10,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cobl.core import schema
+from cobl.core.images import over_checkerboard
 from synth.render.scene_dir import RenderedScene
 
 MIN_CELL = 160  # pixels: small renders are upscaled (nearest) so edges stay visible
 GAP = 4
-
-
-def checkerboard(height: int, width: int, square: int = 8) -> np.ndarray:
-    yy, xx = np.mgrid[:height, :width]
-    light = ((yy // square + xx // square) % 2).astype(bool)
-    return np.where(light[..., None], 200, 130).astype(np.uint8).repeat(3, axis=2)
-
-
-def over_checkerboard(rgba: np.ndarray) -> np.ndarray:
-    alpha = rgba[..., 3:4].astype(np.float64) / 255.0
-    board = checkerboard(*rgba.shape[:2], square=max(2, rgba.shape[0] // 16))
-    return np.round(alpha * rgba[..., :3] + (1 - alpha) * board).astype(np.uint8)
 
 
 def colourise_ids(ids: np.ndarray) -> np.ndarray:
@@ -51,7 +40,7 @@ def contact_sheet(scenes: list[RenderedScene]) -> Image.Image:
     draw = ImageDraw.Draw(sheet)
     for col, scene in enumerate(scenes):
         x = GAP + col * (cw + GAP)
-        psnr = scene.ground_truth.get("recomposition_psnr")
+        psnr = scene.ground_truth.recomposition_psnr if scene.ground_truth is not None else None
         draw.text(
             (x, 1),
             f"{scene.scene_id} {psnr:.1f} dB" if psnr is not None else scene.scene_id,

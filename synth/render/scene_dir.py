@@ -9,24 +9,25 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from cobl.core import schema
 from cobl.core.atomic import atomic_path
+from cobl.core.groundtruth import GroundTruth
 from cobl.core.spec import SceneSpec
 
 
 @dataclass
 class RenderedScene:
-    """The files of one scene keyed by schema name (one layer per object, layer_00 front) + ground truth."""
+    """The files of one scene keyed by schema name (one layer per object, layer_00 front) + ground truth
+    (None for a scene assembled from shard members, whose scene.json holds it)."""
 
     scene_id: str
     files: dict[str, bytes]
-    ground_truth: dict[str, Any] = field(default_factory=dict)
+    ground_truth: GroundTruth | None = None
 
     @property
     def num_layers(self) -> int:
@@ -74,4 +75,5 @@ def read_scene_dir(path: str | os.PathLike) -> RenderedScene:
         raise ValueError(f"scene dir {path}: missing {missing}")
     files = {n: b for n, b in files.items() if n in schema.MEMBER_DOCS or schema.layer_index(n) is not None}
     doc = json.loads(files[schema.SCENE])
-    return RenderedScene(scene_id=doc["spec"]["scene_id"], files=files, ground_truth=doc["ground_truth"])
+    ground_truth = GroundTruth.from_scene(doc, str(path / schema.SCENE))
+    return RenderedScene(scene_id=doc["spec"]["scene_id"], files=files, ground_truth=ground_truth)

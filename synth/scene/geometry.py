@@ -1,11 +1,8 @@
-"""Scene geometry without Blender: world-space meshes, the pinhole camera, projected boxes, per-object masks.
+"""Scene geometry without Blender: world-space meshes, projected boxes, per-object masks and depth.
 
-Pixel convention (the same as the renderer's PNGs and ``ids.png``): ``res = (width, height)``; row 0 is the
-TOP of the image, column 0 the left; pixel ``(row j, column i)`` covers ``[i, i+1) x [j, j+1)`` in continuous
-image coordinates and its centre is at ``(i + 0.5, j + 0.5)``. Image x grows right, y grows down. The camera
-follows ``synth.spec``: it looks down its local -Z with +Y up, and its focal length is measured against the
-sensor WIDTH (Blender ``sensor_fit = "HORIZONTAL"``), which is what ``CameraSpec.intrinsics`` encodes.
-Depth is camera-space distance along the view axis (metres), 0 where a pixel sees nothing.
+The camera math (projection, pixel convention, intrinsics) is ``cobl.core.camera``'s; pixel ``(row j,
+column i)`` covers ``[i, i+1) x [j, j+1)`` with row 0 at the TOP, the same as the renderer's PNGs and
+``ids.png``. Depth is camera-space distance along the view axis (metres), 0 where a pixel sees nothing.
 """
 
 from __future__ import annotations
@@ -14,74 +11,10 @@ import numpy as np
 import trimesh
 
 from assets.shapes import cached_mesh
-from cobl.core.spec import CameraSpec, Mat4, SceneSpec, object_to_world
+from cobl.core.camera import NEAR, Resolution, cam_to_world, pixel_rays, project_points, resolution
+from cobl.core.spec import CameraSpec, SceneSpec, object_to_world
 
-NEAR = 1e-4  # metres: geometry closer to the camera plane than this is treated as behind the camera
 RASTER_CHUNK = 1 << 20  # (triangle, pixel) pairs per vectorised batch: bounds memory on close-ups
-Resolution = int | tuple[int, int] | None
-
-
-def resolution(camera: CameraSpec, res: Resolution = None) -> tuple[int, int]:
-    """(width, height): the camera's for None, ``(res, res * height / width)`` for an int, else ``res``."""
-    if res is None:
-        return camera.width, camera.height
-    if isinstance(res, int | np.integer):
-        return int(res), max(1, int(round(int(res) * camera.height / camera.width)))
-    return int(res[0]), int(res[1])
-
-
-def intrinsics(camera: CameraSpec, res: Resolution = None) -> np.ndarray:
-    """3x3 pinhole K in pixels at ``res`` (the camera's K scaled to the requested resolution)."""
-    w, h = resolution(camera, res)
-    k = np.array(camera.intrinsics(), dtype=np.float64)
-    k[0] *= w / camera.width
-    k[1] *= h / camera.height
-    return k
-
-
-def cam_to_world(camera: CameraSpec) -> np.ndarray:
-    return np.array(camera.cam_to_world, dtype=np.float64)
-
-
-def world_to_camera(camera: CameraSpec) -> np.ndarray:
-    """4x4 world -> camera transform (camera looks down its -Z); the rigid inverse of cam_to_world."""
-    c2w = cam_to_world(camera)
-    out = np.eye(4)
-    out[:3, :3] = c2w[:3, :3].T
-    out[:3, 3] = -c2w[:3, :3].T @ c2w[:3, 3]
-    return out
-
-
-def look_at(eye: np.ndarray, target: np.ndarray) -> Mat4:
-    """Row-major cam_to_world of a camera at ``eye`` looking at ``target`` with world +Z up in the image."""
-    from assets.lighting import look_at_quaternion
-
-    rotation = trimesh.transformations.quaternion_matrix(look_at_quaternion(eye, target))
-    rotation[:3, 3] = eye
-    return tuple(tuple(float(x) for x in row) for row in rotation)
-
-
-def camera_space(camera: CameraSpec, points: np.ndarray) -> np.ndarray:
-    """World points [N, 3] -> camera-space points [N, 3] (in front of the camera: z < 0)."""
-    m = world_to_camera(camera)
-    return np.asarray(points, dtype=np.float64) @ m[:3, :3].T + m[:3, 3]
-
-
-def project_points(
-    camera: CameraSpec, points: np.ndarray, res: Resolution = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """World points [N, 3] -> (continuous pixel coordinates [N, 2] as (x right, y down), depth [N]).
-
-    Depth is the distance along the view axis; points with depth <= NEAR are behind the camera and their
-    pixel coordinates are meaningless.
-    """
-    pc = camera_space(camera, points)
-    depth = -pc[:, 2]
-    k = intrinsics(camera, res)
-    safe = np.where(depth > NEAR, depth, NEAR)
-    x = k[0, 2] + k[0, 0] * pc[:, 0] / safe
-    y = k[1, 2] - k[1, 1] * pc[:, 1] / safe
-    return np.column_stack([x, y]), depth
 
 
 def object_matrix(obj) -> np.ndarray:
@@ -156,20 +89,6 @@ def modal_ids(depth: np.ndarray) -> np.ndarray:
     d = np.where(depth > 0, depth, np.inf)
     nearest = np.argmin(d, axis=0)
     return np.where(np.isfinite(d.min(axis=0)), nearest + 1, 0)
-
-
-def pixel_rays(camera: CameraSpec, res: Resolution = None) -> tuple[np.ndarray, np.ndarray]:
-    """World-space ray origin [3] and unit directions [H*W, 3] through every pixel centre, row-major from
-    the top-left pixel."""
-    w, h = resolution(camera, res)
-    k = intrinsics(camera, res)
-    xs, ys = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
-    d_cam = np.column_stack(
-        [(xs.ravel() - k[0, 2]) / k[0, 0], -(ys.ravel() - k[1, 2]) / k[1, 1], -np.ones(w * h)]
-    )
-    c2w = cam_to_world(camera)
-    d = d_cam @ c2w[:3, :3].T
-    return c2w[:3, 3].copy(), d / np.linalg.norm(d, axis=1, keepdims=True)
 
 
 def _trimesh_depth(camera: CameraSpec, mesh: trimesh.Trimesh, res: tuple[int, int]) -> np.ndarray:

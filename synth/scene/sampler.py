@@ -28,6 +28,7 @@ from scipy.spatial import ConvexHull
 from assets.lighting import sample_lights, sample_world
 from assets.materials import sample_material, sample_table_material
 from assets.shapes import FAMILIES, cached_mesh, make_asset_ref
+from cobl.core.camera import NEAR, look_at, project_points
 from cobl.core.spec import (
     AssetRef,
     CameraSpec,
@@ -372,14 +373,14 @@ def _sample_camera(
             height=h,
             focal_mm=focal,
             sensor_width_mm=config.sensor_width_mm,
-            cam_to_world=geometry.look_at(target + distance * direction, target),
+            cam_to_world=look_at(target + distance * direction, target),
         )
 
     for _ in range(4):
         distance = min(max(distance, lo_d), hi_d)
         camera = camera_at(distance)
-        xy, depth = geometry.project_points(camera, points)
-        if np.any(depth <= geometry.NEAR):
+        xy, depth = project_points(camera, points)
+        if np.any(depth <= NEAR):
             distance *= 1.5
             continue
         # Largest offset from the image centre, as a fraction of the half image: ~1/distance.
@@ -387,10 +388,10 @@ def _sample_camera(
         distance *= span / fill
     distance = min(max(distance, lo_d), hi_d)
     camera = camera_at(distance)
-    xy, depth = geometry.project_points(camera, points)
+    xy, depth = project_points(camera, points)
     m = config.margin
     inside = (
-        np.all(depth > geometry.NEAR)
+        np.all(depth > NEAR)
         and xy[:, 0].min() >= m * w
         and xy[:, 0].max() <= (1 - m) * w
         and xy[:, 1].min() >= m * h

@@ -8,7 +8,7 @@ all hit the same thing in two renders is bit-identical in both. That is what kee
 (bench/bench_groundtruth.py): object renders cover only the pixels the photo does not already determine
 (around the object's projected hull, minus where the photo shows only that object or only the table), and
 the background only the pixels some object covers; both as a few border renders (Cycles render border,
-cropped, without the compositor), rectangles chosen by ``groundtruth.cover_boxes``.
+cropped, without the compositor), rectangles chosen by ``synth.render.regions``.
 """
 
 from __future__ import annotations
@@ -25,15 +25,17 @@ import bpy
 import numpy as np
 import trimesh
 
-from cobl.core.spec import RenderSettings, SceneSpec, object_to_world
+from cobl.core.layers import ALPHA_CHANNEL
+from cobl.core.policy import RENDER_ENGINES
+from cobl.core.spec import RenderSettings, SceneSpec
 from synth.render import groundtruth
 from synth.render.blender import passes
 from synth.render.blender.scene_build import BuiltScene, build_scene, clear_scene
+from synth.render.regions import cover_boxes, mask_box, projected_regions
 from synth.render.scene_dir import RenderedScene
 
 __all__ = ["BlenderRenderer", "RenderedScene"]
 
-ENGINES = ("CYCLES", "BLENDER_EEVEE")
 BOX_MARGIN = 1  # px around a projected hull: the 1.5 px pixel filter puts samples <= 0.75 px from a centre
 RENDER_OVERHEAD_PX = 400.0  # see _overhead_px
 INTERIOR_ERODE = 2  # pixels of the visible area trusted to be the object's alone, see _known_from_photo
@@ -76,8 +78,8 @@ class BlenderRenderer:
 
     # -- settings -------------------------------------------------------------------------------------------
     def _configure(self, settings: RenderSettings) -> None:
-        if settings.engine not in ENGINES:
-            raise ValueError(f"render.engine {settings.engine!r}: expected one of {ENGINES}")
+        if settings.engine not in RENDER_ENGINES:
+            raise ValueError(f"render.engine {settings.engine!r}: expected one of {RENDER_ENGINES}")
         scene, render = self.scene, self.scene.render
         render.engine = settings.engine
         if settings.engine != self._engine:
@@ -165,7 +167,7 @@ class BlenderRenderer:
         timings["photo"] = time.perf_counter() - t
 
         t = time.perf_counter()  # everything from here on is ground truth only
-        regions = _projected_regions(spec, meshes)
+        regions = projected_regions(spec, meshes, BOX_MARGIN)
         object_renders = [np.zeros((height, width, 4), np.float32) for _ in spec.objects]
         layer_renders = 0
         for i, region in enumerate(regions):
@@ -174,7 +176,7 @@ class BlenderRenderer:
                 interior, empty = known
                 object_renders[i][interior] = photo["rgba"][interior]
                 region = region & ~interior & ~empty
-            layer_boxes = groundtruth.cover_boxes(region, _overhead_px(spec))
+            layer_boxes = cover_boxes(region, _overhead_px(spec))
             if layer_boxes:
                 _camera_visible(built, table=False, objects={i})
             for x0, y0, x1, y1 in layer_boxes:
@@ -184,7 +186,7 @@ class BlenderRenderer:
 
         t = time.perf_counter()
         background = photo["rgba"].copy()
-        bg_boxes = groundtruth.cover_boxes(
+        bg_boxes = cover_boxes(
             _background_needed(object_renders, spec.render, (height, width)), _overhead_px(spec)
         )
         if bg_boxes:
@@ -206,7 +208,7 @@ class BlenderRenderer:
             "gamma": 1.0,
             "blender": bpy.app.version_string,
             "layer_renders": layer_renders,
-            "boxes": [groundtruth.mask_box(r) for r in regions],
+            "boxes": [mask_box(r) for r in regions],
             "background_renders": len(bg_boxes),
         }
         index_pass, depth_pass = photo.get("index"), photo["depth"]
@@ -283,7 +285,7 @@ def _background_needed(
     denoiser (and EEVEE's screen-space effects) spread objects into nearby pixels: then grow the region."""
     needed = np.zeros(shape, dtype=bool)
     for rgba in object_renders:
-        needed |= rgba[..., 3] > 0
+        needed |= rgba[..., ALPHA_CHANNEL] > 0
     if settings.denoise or settings.engine != "CYCLES":
         from scipy import ndimage
 
@@ -302,23 +304,6 @@ def _assign(owner, name: str, value) -> None:
     for a depsgraph update that costs a few ms before the next render (comparable to a small border)."""
     if getattr(owner, name) != value:
         setattr(owner, name, value)
-
-
-def _projected_regions(spec: SceneSpec, meshes: list[trimesh.Trimesh]) -> list[np.ndarray]:
-    """Per object, the [H, W] pixels its amodal render can touch: the convex hull of its projected vertices
-    grown by BOX_MARGIN (the whole frame for an object reaching behind the camera)."""
-    from synth.scene.geometry import NEAR, project_points
-
-    width, height = spec.camera.width, spec.camera.height
-    regions = []
-    for obj, mesh in zip(spec.objects, meshes, strict=True):
-        m = np.asarray(object_to_world(obj))
-        xy, depth = project_points(spec.camera, np.asarray(mesh.vertices) @ m[:3, :3].T + m[:3, 3])
-        if np.any(depth <= NEAR):
-            regions.append(np.ones((height, width), dtype=bool))
-        else:
-            regions.append(groundtruth.hull_mask(xy, width, height, BOX_MARGIN))
-    return regions
 
 
 @contextlib.contextmanager
