@@ -24,6 +24,7 @@ from typing import Any
 from cobl.core import schema
 from synth.dataset.datasheet import Datasheet, description, license_url, rai
 from synth.dataset.manifest import SHARDS_DIR, Manifest, ShardRecord
+from synth.dataset.plan import GenerationConfig
 
 CROISSANT = "croissant.json"
 CONFORMS_TO = ["http://mlcommons.org/croissant/1.0", "http://mlcommons.org/croissant/RAI/1.0"]
@@ -100,8 +101,8 @@ def _from_files(file_set: str, prop: str, regex: str | None = None) -> dict[str,
 
 def croissant_metadata(sheet: Datasheet, manifest: Manifest, shards: list[ShardRecord]) -> dict[str, Any]:
     """The Croissant JSON-LD document for a verified dataset (``shards`` in publishing order)."""
-    config = manifest.config
-    slots = int(config["layer_slots"])
+    config = GenerationConfig.from_dict(manifest.config)
+    slots = config.layer_slots
     totals = manifest.totals()
     splits = list(dict.fromkeys(rec.split for rec in shards))
     member_globs = [f"*.{m}" for m in schema.member_names(slots)]
@@ -204,9 +205,9 @@ def croissant_metadata(sheet: Datasheet, manifest: Manifest, shards: list[ShardR
         "@type": "sc:Dataset",
         "name": _identifier(sheet.title),
         "alternateName": sheet.title,
-        "description": description(int(config["resolution"]), slots, totals["samples"]),
+        "description": description(config.resolution, slots, totals["samples"]),
         "conformsTo": CONFORMS_TO,
-        "citeAs": f"{sheet.title}, rendered with {manifest.generator} (dataset seed {config['seed']}).",
+        "citeAs": f"{sheet.title}, rendered with {manifest.generator} (dataset seed {config.seed}).",
         "creator": {"@type": "sc:Organization", "name": sheet.creator},
         "license": license_url(sheet.license) or sheet.license,
         "keywords": ["synthetic", "amodal segmentation", "object layers", "occlusion", "depth", "webdataset"],
@@ -217,7 +218,7 @@ def croissant_metadata(sheet: Datasheet, manifest: Manifest, shards: list[ShardR
     }
     if sheet.url:
         doc["url"] = sheet.url
-    doc.update({f"rai:{k}": v for k, v in rai(config).items()})
+    doc.update({f"rai:{k}": v for k, v in rai(manifest.config).items()})
     return doc
 
 
