@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(BIN)/lint-imports  # the floors of docs/architecture.md
-	PYOPENGL_PLATFORM=egl RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
+	PYOPENGL_PLATFORM=egl RAY_AUTH_MODE=token $(BIN)/python -m pytest -q
 
 demo: install
-	PYOPENGL_PLATFORM=egl RAY_AUTH_MODE=disabled $(BIN)/cobl demo --out demo_out
+	PYOPENGL_PLATFORM=egl RAY_AUTH_MODE=token $(BIN)/cobl demo --out demo_out
 
 # Optional: Debian's Chromium, for the gallery screenshot test (tests/test_publish.py skips without it).
 browser:

@@ -6,7 +6,7 @@
 2. 2 workers vs 1 worker through the real job (run_generation, shards written): target >= 1.8x on 2 cores.
 3. RSS of one long-lived renderer over many scenes (default 200 at 32²): it should stay flat.
 
-    PYOPENGL_PLATFORM=egl RAY_AUTH_MODE=disabled .venv/bin/python bench/bench_generate.py [--scenes 6]
+    PYOPENGL_PLATFORM=egl .venv/bin/python bench/bench_generate.py [--scenes 6]
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--rss-scenes", type=int, default=200, help="0 skips the memory check")
     args = parser.parse_args()
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     from synth.dataset.plan import make_config

@@ -52,3 +52,18 @@ def test_broken_config_is_rejected() -> None:
     raw["not_a_field"] = 1
     with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(raw))
+
+
+def test_token_auth_is_on_and_the_dashboard_is_not_open(prepared: dict) -> None:
+    """Every node starts Ray with RAY_AUTH_MODE=token; the token reaches each node through file_mounts from
+    outside the checkout (never committed); the dashboard/Jobs API binds to the head's localhost only."""
+    text = (ROOT / "ray_cluster.yaml").read_text()
+    assert "RAY_AUTH_MODE=disabled" not in text
+    starts = prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"]
+    ray_starts = [c for c in starts if "ray start" in c]
+    assert len(ray_starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in ray_starts)
+    head = next(c for c in prepared["head_start_ray_commands"] if "ray start" in c)
+    assert "0.0.0.0" not in head and "--dashboard-host=127.0.0.1" in head
+    token = {remote: local for remote, local in prepared["file_mounts"].items() if "auth_token" in remote}
+    assert token == {"/home/ubuntu/.ray/auth_token": "~/.ray/auth_token"}
+    assert not Path(next(iter(token.values()))).expanduser().resolve().is_relative_to(ROOT)

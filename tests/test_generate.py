@@ -57,7 +57,7 @@ def all_samples(root: Path) -> dict[str, dict[str, bytes]]:
 def ray_local():
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
@@ -197,7 +197,7 @@ def _kill_session(proc: subprocess.Popen) -> None:
 
 def test_killed_job_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
     out, scenes = tmp_path / "ds", 4
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, RAY_AUTH_MODE="token", PYTHONPATH=str(ROOT))
     log = open(tmp_path / "first.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         _cobl_run(out, scenes),

@@ -5,6 +5,11 @@ WORLD_SIZE / LOCAL_RANK environment; ``train.loop.train`` then builds its ``Acce
 process group, so DDP, checkpoints, resume and the export behave as under ``accelerate launch``.
 ``--out`` must be on storage every node sees (a shared filesystem): checkpoints and the export go there.
 
+Failures: ``FailureConfig(max_failures=...)`` makes Ray Train restart the whole worker group when a training
+worker process (or its node) dies; the restarted workers resume from the latest checkpoint this run wrote
+under ``--out`` (the trainer's exact ``--resume latest``), so the final weights equal an uninterrupted run's.
+Checkpoints that were already there when the run started are not resumed from unless ``--resume`` says so.
+
     python -m cobl.app.ray_train --address auto --num-workers 8 --use-gpu -- \
         --data '/shared/shards/train-{000000..000099}.tar' --config sd --pretrained /shared/sd21 \
         --out /shared/runs/cobl --mixed-precision bf16 --gradient-checkpointing --ema
@@ -13,9 +18,21 @@ process group, so DDP, checkpoints, resume and the export behave as under ``acce
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from train.options import TrainOptions
+
+# Group restarts after a lost training worker before the run fails (each resumes from the latest checkpoint).
+MAX_FAILURES = 3
+
+
+def _checkpoints(out: str) -> list[str]:
+    from train.loop import CHECKPOINT_DIR
+
+    root = os.path.join(out, CHECKPOINT_DIR)
+    names = os.listdir(root) if os.path.isdir(root) else []
+    return sorted(n for n in names if os.path.isfile(os.path.join(root, n, "trainer_state.json")))
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
@@ -23,7 +40,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
     from train.loop import train
 
-    result = train(TrainOptions(**config["options"]))
+    opts = TrainOptions(**config["options"])
+    if opts.resume is None and set(_checkpoints(opts.out)) - set(config["checkpoints_before"]):
+        # a restart after a lost worker: this run's own latest checkpoint is the exact place to go on from
+        opts = dataclasses.replace(opts, resume="latest")
+    result = train(opts)
     ray.train.report(
         {"global_step": result["global_step"], "loss": result["losses"].get(result["global_step"])}
     )
@@ -35,14 +56,16 @@ def run_ray(
     use_gpu: bool = True,
     address: str | None = None,
     local: bool = False,
+    max_failures: int = MAX_FAILURES,
 ) -> dict[str, Any]:
-    """Train with ``num_workers`` Ray Train workers; ``local`` starts a private local Ray instance."""
-    import os
+    """Train with ``num_workers`` Ray Train workers; ``local`` starts a private local Ray instance.
 
+    ``max_failures``: how many times a lost worker restarts the group (from the latest checkpoint)."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # local: Ray makes a token; a cluster's own is needed
     started = False
     if not ray.is_initialized():
         if local:
@@ -53,13 +76,18 @@ def run_ray(
     try:
         trainer = TorchTrainer(
             _worker_loop,
-            train_loop_config={"options": dataclasses.asdict(opts)},
+            train_loop_config={
+                "options": dataclasses.asdict(opts),
+                "checkpoints_before": _checkpoints(opts.out),
+            },
             scaling_config=ScalingConfig(
                 num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu else {"CPU": 1}
             ),
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             run_config=RunConfig(
-                name="cobl-train", storage_path=os.path.abspath(os.path.join(opts.out, "ray"))
+                name="cobl-train",
+                storage_path=os.path.abspath(os.path.join(opts.out, "ray")),
+                failure_config=FailureConfig(max_failures=max_failures),
             ),
         )
         result = trainer.fit()

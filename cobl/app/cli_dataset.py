@@ -49,6 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="custom Ray resource each worker needs (e.g. render, on the ray_cluster.yaml cluster)",
     )
     p.add_argument("--retries", type=int, default=3, help="retries per scene after a worker/render failure")
+    p.add_argument(
+        "--placement-timeout",
+        type=float,
+        default=None,
+        help="seconds with no live worker (none placed yet, or all lost) before the job stops (default 600)",
+    )
     p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
     p.set_defaults(func=_run)
 
@@ -104,7 +110,7 @@ def _sampler_overrides(args: argparse.Namespace) -> dict:
 
 def _run(args: argparse.Namespace) -> int:
     from cobl.core.errors import UserError
-    from synth.dataset.generate import GenerationError, run_generation
+    from synth.dataset.generate import PLACEMENT_TIMEOUT_S, GenerationError, run_generation
     from synth.dataset.plan import make_config, parse_splits
 
     try:
@@ -122,6 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         if err.option == "num_scenes":  # the config's name for the value of --scenes
             raise UserError(err.detail, option="scenes") from None
         raise
+    timeout = PLACEMENT_TIMEOUT_S if args.placement_timeout is None else args.placement_timeout
     try:
         summary = run_generation(
             args.out,
@@ -131,6 +138,7 @@ def _run(args: argparse.Namespace) -> int:
             retries=args.retries,
             progress_interval=args.progress_every,
             worker_resource=args.worker_resource,
+            placement_timeout=timeout,
         )
     except GenerationError as err:
         print(f"cobl: generation failed: {err}", file=sys.stderr)

@@ -3,9 +3,12 @@
 Fault tolerance: a shard is the unit of work. It is written under a temporary name, renamed when all its
 scenes are in, and only then recorded (with its sha256) in the atomically rewritten manifest. A restarted job
 keeps the recorded shards whose bytes still hash right and redoes everything else. Renders go through
-long-lived Ray actors (bpy starts once per actor) with ``max_restarts``/``max_task_retries``, so a worker
-killed mid-render is restarted and its scenes retried; anything Ray gives up on is resubmitted here a bounded
-number of times.
+long-lived Ray actors (bpy starts once per actor) that the driver itself supervises: an actor whose process
+or node dies is not restarted by Ray (``max_restarts=0``, which would wait forever for a slot on a node that
+is gone); its scenes go straight back to the queue for the live workers and a replacement actor is created
+at once. The replacement is used as soon as Ray places it (same node after a crash, a new node after a loss),
+so the pool grows back to ``workers``. Only when no worker at all is live for ``placement_timeout`` seconds
+does the job stop, naming the resource nobody offers; every finished shard is kept for the rerun.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from synth.dataset.plan import GenerationConfig, ShardPlan, scene_id
 
 
 class Progress:
-    """One log line every ``interval`` seconds: done/total, rate, ETA, failures.
+    """One log line every ``interval`` seconds: done/total, live workers/requested, rate, ETA, failures.
 
-    Hand-written rather than a tqdm bar because the job mostly runs with its output in a log file (a Ray
-    job, a cluster head), where carriage-return bars are unreadable.
+    The rate is the live one: scenes per worker-second (measured over the time workers were actually live)
+    times the workers live now, so a lost worker lowers the ETA's rate at once and a pool with no live worker
+    shows no ETA instead of a stale one. Hand-written rather than a tqdm bar because the job mostly runs with
+    its output in a log file (a Ray job, a cluster head), where carriage-return bars are unreadable.
     """
 
     def __init__(
@@ -43,18 +48,33 @@ class Progress:
         done_shards: int,
         log: Callable[[str], None],
         interval: float = 5.0,
+        requested: int = 1,
     ):
         self.total, self.done, self.start_done = total, done, done
         self.total_shards, self.done_shards = total_shards, done_shards
         self.failures = 0
         self.log, self.interval = log, interval
-        self.t0 = time.monotonic()
+        self.requested, self.live = requested, 0
+        self.worker_seconds = 0.0  # integral of live workers over time
+        self.t0 = self._since = time.monotonic()
         self.last = -math.inf
+
+    def start(self) -> None:
+        """Start the clock (the rate counts rendering time, not Ray's start-up)."""
+        self.t0 = self._since = time.monotonic()
+        self.worker_seconds = 0.0
+
+    def set_live(self, live: int) -> None:
+        now = time.monotonic()
+        self.worker_seconds += self.live * (now - self._since)
+        self._since, self.live = now, live
 
     @property
     def rate(self) -> float:
-        elapsed = time.monotonic() - self.t0
-        return (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+        """Scenes per second at the current number of live workers."""
+        worker_seconds = self.worker_seconds + self.live * (time.monotonic() - self._since)
+        per_worker = (self.done - self.start_done) / worker_seconds if worker_seconds > 0 else 0.0
+        return per_worker * self.live
 
     def line(self) -> str:
         rate = self.rate
@@ -62,8 +82,8 @@ class Progress:
         eta = _fmt_seconds(remaining / rate) if rate > 0 else "?"
         return (
             f"[synth] {self.done}/{self.total} scenes ({100.0 * self.done / max(self.total, 1):.1f}%), "
-            f"{rate:.2f} scenes/s, ETA {eta}, failures {self.failures}, "
-            f"shards {self.done_shards}/{self.total_shards}"
+            f"workers {self.live}/{self.requested}, {rate:.2f} scenes/s, ETA {eta}, "
+            f"failures {self.failures}, shards {self.done_shards}/{self.total_shards}"
         )
 
     def tick(self, force: bool = False) -> None:
@@ -156,14 +176,24 @@ class GenerationError(RuntimeError):
     pass
 
 
+# Seconds the job waits with no live worker before it stops (--placement-timeout). Ten minutes is longer than
+# an autoscaler needs to boot and set up a replacement node (3-6 min for the nodes of ray_cluster.yaml) and
+# short enough that a job asking for a resource no node offers fails the same day, not never.
+PLACEMENT_TIMEOUT_S = 600.0
+
+
 def ensure_ray(workers: int, address: str | None) -> bool:
     """Join ``address``, reuse an already initialised Ray, or start a private local instance.
+
+    Token authentication is on unless the caller chose otherwise (``RAY_AUTH_MODE`` already set): a local
+    instance generates its own token (``~/.ray/auth_token``, or ``RAY_AUTH_TOKEN_PATH``) on first use, and
+    joining a cluster needs that cluster's token (docs/cluster.md).
 
     Returns True when this call connected, so the caller disconnects again (a job run in-process, e.g. by
     ``cobl demo``, must not leave its private Ray instance behind for whatever runs next)."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     if ray.is_initialized():
         return False
     if address:
@@ -172,6 +202,18 @@ def ensure_ray(workers: int, address: str | None) -> bool:
         # address="local" always starts a fresh instance, never attaching to someone else's cluster.
         ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=True)
     return True
+
+
+@dataclass
+class _Slot:
+    """One of the ``workers`` places in the pool: its current actor, live once Ray has placed it."""
+
+    actor: Any
+    probe: Any  # the future of actor.pid() while the actor waits to be placed; None once live
+    live: bool = False
+    replaced: bool = False  # this actor replaces a lost one (its placement is logged)
+    pid: int = 0
+    node: str = ""
 
 
 def run_generation(
@@ -186,15 +228,18 @@ def run_generation(
     progress_interval: float = 5.0,
     worker_resource: str | None = None,
     threads_per_worker: int | None = None,
+    placement_timeout: float = PLACEMENT_TIMEOUT_S,
 ) -> Summary:
     """Render every scene of ``config`` not yet in a verified shard under ``out``; return a summary.
 
     ``threads_per_worker``: Cycles threads of each actor; by default 1 when there are several workers (one
     per core) and all cores for a single worker.
 
-    ``on_result`` sees each scene's result (index, key, pid, seconds, rss_mb) as it arrives (tests use it).
-    ``worker_resource`` names a custom Ray resource the actors each take one unit of (``render`` on the
-    cluster of ray_cluster.yaml), which keeps Blender off the GPU training nodes.
+    ``on_result`` sees each scene's result (index, key, pid, node, seconds, rss_mb) as it arrives (tests use
+    it). ``worker_resource`` names a custom Ray resource the actors each take one unit of (``render`` on the
+    cluster of ray_cluster.yaml), which keeps Blender off the GPU training nodes. ``placement_timeout``:
+    seconds with no live worker at all (none placed yet, or all lost) after which the job stops with a
+    GenerationError naming the resource; finished shards stay.
     """
     import ray
 
@@ -205,13 +250,15 @@ def run_generation(
         raise UserError(f"{workers} should be >= 1", option="workers")
     if retries < 0:
         raise UserError(f"{retries} should be >= 0", option="retries")
+    if placement_timeout <= 0:
+        raise UserError(f"{placement_timeout} should be > 0", option="placement_timeout")
     out = Path(out)
     t0 = time.monotonic()
     manifest, todo = prepare_output(out, config, log)
     plans = config.plan()
     done_scenes = sum(len(p.scenes) for p in plans) - sum(len(p.scenes) for p in todo)
     progress = Progress(
-        config.num_scenes, done_scenes, len(plans), len(plans) - len(todo), log, progress_interval
+        config.num_scenes, done_scenes, len(plans), len(plans) - len(todo), log, progress_interval, workers
     )
     summary = Summary(config.num_scenes, 0, len(plans), 0, len(plans) - len(todo), 0, 0, 0.0)
     if not todo:
@@ -224,77 +271,129 @@ def run_generation(
     )
 
     connected_here = ensure_ray(workers, address)
-    progress.t0 = time.monotonic()  # the rate (and ETA) counts rendering time, not Ray's start-up
+    progress.start()
     resources = {worker_resource: 1} if worker_resource else None
+    needs = f"1 CPU and 1 {worker_resource!r}" if worker_resource else "1 CPU"
+    # max_restarts=0: a dead actor is replaced here, not by Ray (whose restart waits, without bound, for a
+    # slot on a node that may be gone), so its scenes can go to the live workers at once.
     actor_cls = ray.remote(RenderWorker).options(
-        num_cpus=1, resources=resources, max_restarts=-1, max_task_retries=retries, max_concurrency=1
+        num_cpus=1, resources=resources, max_restarts=0, max_task_retries=0, max_concurrency=1
     )
     threads = threads_per_worker if threads_per_worker is not None else (1 if workers > 1 else 0)
     cfg_dict = config.to_dict()
-    actors = [actor_cls.remote(cfg_dict, threads) for _ in range(workers)]
-    last_pid: dict[int, int] = {}
+
+    def new_slot(replaced: bool = False) -> _Slot:
+        actor = actor_cls.remote(cfg_dict, threads)
+        return _Slot(actor=actor, probe=actor.where.remote(), replaced=replaced)
+
+    slots = [new_slot() for _ in range(workers)]
 
     queue = [(i, p) for p in todo for i in p.scenes]  # shard order, so few shards are open at once
     queue.reverse()
     shard_of = {i: p for p in todo for i in p.scenes}
     buffers: dict[str, dict[int, tuple[str, dict[str, bytes]]]] = {p.name: {} for p in todo}
     attempts: dict[int, int] = {}
-    inflight: dict[Any, tuple[int, int, Any]] = {}  # future -> (scene index, actor slot, actor)
+    inflight: dict[Any, tuple[int, int, Any]] = {}  # future -> (scene index, slot, actor)
     load = [0] * workers
     per_actor = 2  # one rendering, one queued, so an actor never waits on the driver
+    no_live_since: float | None = time.monotonic()
+
+    def live_count() -> int:
+        return sum(s.live for s in slots)
 
     def submit() -> None:
         while queue:
-            slot = min(range(workers), key=lambda s: load[s])
-            if load[slot] >= per_actor:
+            live = [k for k in range(workers) if slots[k].live]
+            if not live:
+                return
+            k = min(live, key=lambda s: load[s])
+            if load[k] >= per_actor:
                 return
             index, _ = queue.pop()
-            inflight[actors[slot].render.remote(index)] = (index, slot, actors[slot])
-            load[slot] += 1
+            inflight[slots[k].actor.render.remote(index)] = (index, k, slots[k].actor)
+            load[k] += 1
+
+    def lose(k: int, why: str, scenes: int) -> None:
+        """Slot ``k``'s actor is gone: replace it (each of its calls fails and requeues its scene itself)."""
+        nonlocal no_live_since
+        slot = slots[k]
+        where = f" on node {slot.node[:12]}" if slot.node else ""
+        ray.kill(slot.actor, no_restart=True)
+        slots[k] = new_slot(replaced=True)
+        summary.worker_restarts += 1
+        progress.set_live(live_count())
+        if progress.live == 0 and no_live_since is None:
+            no_live_since = time.monotonic()
+        if slot.live or scenes:
+            log(
+                f"[synth] worker {k} lost{where} ({why}); {scenes} scene(s) back to the queue, "
+                f"{progress.live}/{workers} workers live, a replacement waits for {needs}"
+            )
+        else:  # a replacement that Ray cancelled before it ran (e.g. placed on a node as that node died)
+            log(f"[synth] worker {k}: its replacement did not start ({why}); trying again")
+
+    def placed(k: int, fut: Any) -> None:
+        nonlocal no_live_since
+        slot = slots[k]
+        slot.probe = None
+        try:
+            slot.pid, slot.node = ray.get(fut)
+        except ray.exceptions.RayError as err:
+            lose(k, _last_line(err), 0)
+            return
+        slot.live = True
+        progress.set_live(live_count())
+        no_live_since = None
+        if slot.replaced:
+            log(f"[synth] worker {k} placed on node {slot.node[:12]}; {progress.live}/{workers} workers live")
 
     try:
-        submit()
-        while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=progress_interval)
+        while queue or inflight:
+            probes = {s.probe: k for k, s in enumerate(slots) if s.probe is not None}
+            submit()
+            if not inflight and not probes:  # cannot happen: every slot is live or waiting to be placed
+                raise GenerationError("no worker is live or starting")
+            ready, _ = ray.wait(
+                list(inflight) + list(probes), num_returns=1, timeout=min(progress_interval, 1.0)
+            )
             if not ready:
+                if no_live_since is not None and time.monotonic() - no_live_since > placement_timeout:
+                    raise GenerationError(
+                        f"no worker could be placed for {placement_timeout:.0f} s: "
+                        f"no live node offers {needs}; "
+                        f"{len(manifest.shards)} finished shards are kept, rerun the same command to finish"
+                    )
                 progress.tick()
                 continue
             fut = ready[0]
-            index, slot, actor = inflight.pop(fut)
-            load[slot] -= 1
+            if fut in probes:
+                placed(probes[fut], fut)
+                continue
+            index, k, actor = inflight.pop(fut)
+            if slots[k].actor is actor:
+                load[k] -= 1
             try:
                 result = ray.get(fut)
-            except (
-                ray.exceptions.RayActorError,
-                ray.exceptions.RayTaskError,
-                ray.exceptions.WorkerCrashedError,
-            ) as err:
+            except ray.exceptions.RayError as err:
                 progress.failures += 1
                 summary.failures += 1
                 attempts[index] = attempts.get(index, 0) + 1
-                log(
-                    f"[synth] scene {scene_id(index)} failed (attempt {attempts[index]}): "
-                    f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
-                )
+                lost = not isinstance(err, ray.exceptions.RayTaskError)  # the actor's process or node is gone
+                if not lost:
+                    log(
+                        f"[synth] scene {scene_id(index)} failed (attempt {attempts[index]}): "
+                        f"{type(err).__name__}: {_last_line(err)}"
+                    )
                 if attempts[index] > retries:
                     raise GenerationError(
                         f"scene {scene_id(index)} failed {attempts[index]} times; "
                         f"{summary.shards_written} shards written this run are kept"
                     ) from err
-                if isinstance(err, ray.exceptions.RayActorError) and actors[slot] is actor:
-                    ray.kill(actor)  # Ray gave up on it: replace it (once, not per failed call)
-                    actors[slot] = actor_cls.remote(cfg_dict, threads)
                 queue.append((index, shard_of[index]))
-                submit()
+                if lost and slots[k].actor is actor:
+                    held = 1 + sum(a is actor for _, _, a in inflight.values())
+                    lose(k, type(err).__name__, held)  # one line for the actor, not one per scene it held
                 continue
-            pid = result["pid"]
-            if slot in last_pid and last_pid[slot] != pid:
-                summary.worker_restarts += 1
-                progress.failures += 1
-                log(
-                    f"[synth] worker {slot} restarted (pid {last_pid[slot]} -> {pid}); Ray retried its scenes"
-                )
-            last_pid[slot] = pid
             if on_result is not None:
                 on_result({k: v for k, v in result.items() if k != "members"})
             plan = shard_of[index]
@@ -310,14 +409,19 @@ def run_generation(
             else:
                 progress.tick()
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        for slot in slots:
+            ray.kill(slot.actor, no_restart=True)
         if connected_here:
             ray.shutdown()
     manifest.complete = len(manifest.shards) == len(plans)
     manifest.save(out)
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+def _last_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[-1] if text else ""
 
 
 def _finish_shard(

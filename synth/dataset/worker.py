@@ -57,6 +57,15 @@ def rss_mb() -> float:
         return 0.0
 
 
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except ImportError:
+        return ""
+
+
 class RenderWorker:
     """Owns one BlenderRenderer for the life of the process; ``render(index)`` returns one scene's members."""
 
@@ -71,6 +80,12 @@ class RenderWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def where(self) -> tuple[int, str]:
+        """(pid, Ray node id) of this actor: the driver's probe that it has been placed and started."""
+        import ray
+
+        return os.getpid(), ray.get_runtime_context().get_node_id()
+
     def render(self, index: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
@@ -83,6 +98,7 @@ class RenderWorker:
             "key": scene_id(index),
             "members": members,
             "pid": os.getpid(),
+            "node": _node_id(),
             "seconds": time.perf_counter() - t0,
             "rss_mb": rss_mb(),
             "count": self.count,
