@@ -38,7 +38,9 @@ def test_every_artifact_exists_and_parses(demo_out):
     for shard in (demo_out / "data" / "shards").glob("*.tar"):
         with tarfile.open(shard) as tar:
             assert any(m.name.endswith(".rgb.png") for m in tar.getmembers())
-    assert (demo_out / "data" / "README.md").read_text().startswith("#")
+    card = (demo_out / "data" / "README.md").read_text()
+    assert card.startswith("---\n") and "\n---\n\n# " in card  # Hub front matter, then the title
+    assert (demo_out / "data" / "croissant.json").is_file()
     assert (demo_out / "data" / "gallery" / "index.html").is_file()
     assert (demo_out / "run" / "final" / "model_index.json").is_file()
     # The default model is conditioned on the photo and the renderer's depth (cobl.depth).
