@@ -21,3 +21,7 @@ RENDER_ENGINES = ("CYCLES", "BLENDER_EEVEE")
 
 # Raster image files PIL reads (photos, depth images); HDR formats are separate (assets.lighting).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+# The depth a depth-conditioned model is trained and evaluated on (cobl.model.depth): the renderer's exact
+# depth (an oracle input: a user with a photo has none) or that depth degraded like a monocular estimate.
+DEPTH_SOURCES = ("rendered", "monocular")
