@@ -154,9 +154,9 @@ def _f1(a: np.ndarray, b: np.ndarray) -> float:
 def test_simulated_monocular_depth_is_seeded_and_loses_the_exact_silhouettes():
     """At 64x64 (the probe's resolution) the rendered depth's jump edges are exactly the object silhouettes
     (F1 1.0 against the modal map's boundaries in these scenes); the degraded depth's edges agree with them
-    with F1 below 0.5 in every scene: at most half of the outline survives, and the noise adds as many
-    spurious edge pixels. (On real Cycles renders, two 64x64 published test shards, 3 seeds each: mean 0.34,
-    max 0.51, while the rendered depth itself reaches 0.63 against the silhouettes, its table-contact edges
+    with F1 below 0.5 in every scene: most of the exact outline is lost or buried among spurious noise
+    edges. (On real Cycles renders, two 64x64 published test shards, 3 seeds each: mean 0.34,
+    max 0.52, while the rendered depth itself reaches 0.63 against the silhouettes, its table-contact edges
     having no jump.) It stays a depth map: strongly correlated with the rendered one, in [0, 1]."""
     from cobl.model.depth import simulate_monocular
 

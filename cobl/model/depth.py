@@ -64,13 +64,15 @@ def simulate_monocular(disparity: torch.Tensor, seed: int) -> torch.Tensor:
     from scipy.ndimage import gaussian_filter
 
     rng = np.random.default_rng(seed)
-    d = disparity.detach().cpu().double().numpy()
+    d = disparity.detach().cpu().numpy().astype(np.float32)
     sigma = MONOCULAR_BLUR_SIGMA_64 * d.shape[-1] / 64
     axes_sigma = (0,) * (d.ndim - 2) + (sigma, sigma)
     d = gaussian_filter(d, sigma=axes_sigma, mode="nearest").clip(0, 1)
-    d = d ** rng.uniform(*MONOCULAR_GAMMA)
-    d = d + rng.normal(0.0, MONOCULAR_NOISE, size=d.shape)
-    return normalise_relative(torch.from_numpy(d).float())
+    d = d ** np.float32(rng.uniform(*MONOCULAR_GAMMA))
+    d += np.float32(MONOCULAR_NOISE) * rng.standard_normal(d.shape, dtype=np.float32)
+    # per image min-max (numpy: this runs per training sample)
+    low, high = d.min(axis=(-2, -1), keepdims=True), d.max(axis=(-2, -1), keepdims=True)
+    return torch.from_numpy((d - low) / np.maximum(high - low, np.float32(1e-6)))
 
 
 def depth_from_npy_bytes(data: bytes) -> torch.Tensor:
