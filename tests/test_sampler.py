@@ -201,6 +201,7 @@ def test_completion_fraction_asks_for_half_hidden_objects_and_leaves_other_scene
         # A scene the draw does not pick is exactly the scene without the option.
         if not asks_for_completion(seed, half):
             assert sample_scene(seed, half).to_json() == sample_scene(seed, base).to_json()
-    for bad in ({"completion_fraction": 1.5}, {"completion_hidden": (0.9, 0.95)}):
+    for bad in ({"completion_fraction": 1.5}, {"completion_hidden": (0.5, 0.4)},
+                {"completion_fraction": 0.5, "completion_hidden": (0.9, 0.95)}):
         with pytest.raises(ValueError, match="completion"):
             dataclasses.replace(base, **bad)

@@ -114,7 +114,7 @@ class SamplerConfig:
         if not 0.0 <= self.completion_fraction <= 1.0:
             problems.append(f"completion_fraction={self.completion_fraction}: expected a fraction in [0, 1]")
         lo, hi = self.completion_hidden
-        if not 0.0 <= lo <= hi <= 1.0 or lo > 1.0 - self.min_visible:
+        if not 0.0 <= lo <= hi <= 1.0 or (self.completion_fraction > 0 and lo > 1.0 - self.min_visible):
             problems.append(
                 f"completion_hidden={list(self.completion_hidden)}: expected 0 <= low <= high <= 1, "
                 "low at most 1 - min_visible"
