@@ -9,11 +9,14 @@ import pytest
 from PIL import Image
 
 from cobl.app.cli import main
-from cobl.app.report import METRIC_COLUMNS, format_value
+from cobl.app.report import METRIC_COLUMNS, format_cell
 
 MINI = ["--scenes", "16", "--resolution", "32", "--samples", "4", "--objects", "2-3", "--num-objects", "3",
-        "--max-steps", "4", "--batch-size", "2", "--eval-scenes", "2", "--sampling-steps", "2",
-        "--workers", "1"]
+        "--max-steps", "4", "--batch-size", "2", "--val-scenes", "2", "--eval-scenes", "2",
+        "--fit-scenes", "2", "--sampling-steps", "2", "--workers", "1",
+        "--split", "train=0.5,val=0.25,test=0.25"]
+KEYS = ("amodal_miou", "amodal_miou_occluded", "amodal_miou_strict", "hidden_recall", "hidden_precision",
+        "fg_ari", "count_accuracy", "order_accuracy")
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +46,31 @@ def test_every_artifact_exists_and_parses(demo_out):
     assert (demo_out / "data" / "croissant.json").is_file()
     assert (demo_out / "data" / "gallery" / "index.html").is_file()
     assert (demo_out / "run" / "final" / "model_index.json").is_file()
-    # The default model is conditioned on the photo and the renderer's depth (cobl.depth).
-    assert json.loads((demo_out / "model_config.json").read_text())["depth_condition"] is True
-    assert "the photo and the renderer" in (demo_out / "report.html").read_text()
+    # The default model is conditioned on the photo and a simulated monocular depth (cobl.model.depth), never
+    # on the renderer's exact depth.
+    config = json.loads((demo_out / "model_config.json").read_text())
+    assert config["depth_condition"] is True and config["depth_source"] == "monocular"
+    assert "simulated monocular depth" in (demo_out / "report.html").read_text()
+    assert json.loads((demo_out / "data" / "manifest.json").read_text())["config"]["sampler"][
+        "completion_fraction"] == 0.8
+    assert "completion_fraction of 0.8" in (demo_out / "data" / "README.md").read_text()
+
+
+def test_metrics_keys_protocol_and_intervals(demo_out):
+    for split in ("val", "test", "train"):
+        metrics = json.loads((demo_out / f"metrics_{split}.json").read_text())
+        assert metrics["settings"]["depth_source"] == "monocular" and not metrics["settings"]["oracle_inputs"]
+        assert metrics["settings"]["selection_split"] == "val" and metrics["settings"]["split"] == split
+        assert metrics["num_scenes"] == 2
+        for method in metrics["method_order"]:
+            summary = metrics["methods"][method]
+            for key in KEYS:
+                assert key in summary and key + "_ci" in summary, (split, method, key)
+                if summary[key] is not None:
+                    low, high = summary[key + "_ci"]
+                    assert low <= summary[key] + 1e-9 and summary[key] <= high + 1e-9, (split, method, key)
+    assert json.loads((demo_out / "metrics_test.json").read_text())["method_order"] == [
+        "model", "unguided", "visible_only"]
     lines = (demo_out / "run" / "metrics.jsonl").read_text().splitlines()
     losses = [json.loads(line)["loss"] for line in lines]
     assert losses and all(loss > 0 for loss in losses)
@@ -55,16 +80,17 @@ def test_report_numbers_equal_metrics_json(demo_out):
     page = (demo_out / "report.html").read_text()
     embedded = json.loads(re.search(r'<script type="application/json" id="metrics-json">(.*?)</script>',
                                     page, re.S).group(1))
-    for split in ("test", "train"):
+    tables = {"test": 0, "val": 1, "train": 2}  # the report's table order
+    for split, table in tables.items():
         metrics = json.loads((demo_out / f"metrics_{split}.json").read_text())
-        assert embedded[split] == metrics["summary"]
-        for method in metrics["methods"]:
+        assert embedded[split] == metrics["methods"]
+        for method in metrics["method_order"]:
             rows = re.findall(rf'<tr data-method="{method}">(.*?)</tr>', page, re.S)
-            assert rows, method
-            row = rows[0] if split == "test" else rows[-1]
+            assert len(rows) == (3 if method != "unguided" else 1), method
+            row = rows[table if method != "unguided" else 0]
             for key, _, _ in METRIC_COLUMNS:
                 shown = re.search(rf'<td data-key="{key}">(.*?)</td>', row).group(1)
-                assert shown == format_value(metrics["summary"][method].get(key)), (split, method, key)
+                assert shown == format_cell(metrics["methods"][method], key), (split, method, key)
 
 
 def test_rerun_resumes_without_redoing(demo_out, capsys):
@@ -74,6 +100,40 @@ def test_rerun_resumes_without_redoing(demo_out, capsys):
     for stage in ("data", "publish", "train", "eval"):
         assert f"stage {stage} already done" in printed
     assert (demo_out / "run" / "final" / "model_index.json").stat().st_mtime_ns == before
+
+
+def test_changed_option_retrains_from_scratch_and_unchanged_skips(demo_out, capsys):
+    """The demo's stages are fingerprinted by their options: a changed lr and K retrain from scratch (the
+    finished checkpoint is moved aside, never resumed, never a crash), then an unchanged rerun skips."""
+    changed = [*MINI, "--lr", "0.002", "--num-objects", "4"]
+    assert main(["demo", "--out", str(demo_out), *changed]) == 0
+    printed = capsys.readouterr().out
+    assert "stage data already done" in printed and "stage publish already done" in printed
+    assert "stage train options changed (--lr 0.001 -> 0.002, --model-config" in printed
+    assert "--num-objects 3 -> 4" in printed and "--resume" not in printed
+    assert (demo_out / "run.previous" / "final" / "model_index.json").is_file()
+    index = json.loads((demo_out / "run" / "final" / "model_index.json").read_text())
+    assert index["cobl_config"]["num_objects"] == 4 and index["training"]["global_step"] == 4
+    records = [json.loads(line) for line in (demo_out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert min(r["step"] for r in records if "step" in r) <= 1  # trained from step 0, not resumed
+    assert main(["demo", "--out", str(demo_out), *changed]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("data", "publish", "train", "eval"):
+        assert f"stage {stage} already done" in printed
+
+
+def test_stage_resumes_only_under_the_same_options(tmp_path):
+    from cobl.app.demo import Stages
+
+    stages, run = Stages(tmp_path), tmp_path / "run"
+    assert stages.begin("train", {"lr": 1}, run) is False  # nothing to resume
+    (run / "checkpoints" / "step-4").mkdir(parents=True)
+    assert stages.begin("train", {"lr": 1}, run) is True  # killed and rerun: resume inside
+    assert stages.begin("train", {"lr": 2}, run) is False  # other options: from scratch
+    assert not run.exists() and (tmp_path / "run.previous" / "checkpoints" / "step-4").is_dir()
+    assert not stages.done("train", {"lr": 2})
+    stages.mark("train", {"lr": 2}, 1.0)
+    assert stages.done("train", {"lr": 2}) and not stages.done("train", {"lr": 1})
 
 
 def test_bad_option_is_one_line_error(tmp_path, capsys):

@@ -152,17 +152,23 @@ def test_eval_on_tiny_shard_writes_metrics(workdir, cli, tmp_path):
         == 0
     )
     metrics = json.loads(out.read_text())
-    assert metrics["num_scenes"] == 2 and metrics["methods"] == ["model", "unguided", "visible_only"]
-    for method in metrics["methods"]:
-        summary = metrics["summary"][method]
+    assert metrics["num_scenes"] == 2 and metrics["method_order"] == ["model", "unguided", "visible_only"]
+    for method in metrics["method_order"]:
+        summary = metrics["methods"][method]
         assert {key for key, _, _ in METRIC_COLUMNS} <= set(summary)
         assert 0 <= summary["amodal_miou"] <= 1
-    assert metrics["summary"]["visible_only"]["amodal_miou_unoccluded"] == pytest.approx(1.0)
-    assert metrics["summary"]["visible_only"]["count_accuracy"] == 1.0
+        for key in ("amodal_miou", "amodal_miou_occluded", "amodal_miou_strict", "hidden_recall",
+                    "hidden_precision", "fg_ari", "count_accuracy", "order_accuracy"):
+            assert key in summary and key + "_ci" in summary, (method, key)
+    assert metrics["methods"]["visible_only"]["amodal_miou_unoccluded"] == pytest.approx(1.0)
+    assert metrics["methods"]["visible_only"]["count_accuracy"] == 1.0
+    assert metrics["methods"]["visible_only"]["hidden_recall"] in (0.0, None)
+    assert metrics["settings"]["depth_source"] == "none" and metrics["settings"]["split"] == "test"
+    assert metrics["settings"]["selection_split"] is None
     assert len(metrics["scenes"]) == 2 and set(metrics["scenes"][0]) >= {"key", "model", "unguided"}
     assert metrics["guidance_time_ratio"] > 0
     check = metrics["amodal_completion_check"]
-    assert check["visible_only_occluded_miou"] == metrics["summary"]["visible_only"]["amodal_miou_occluded"]
+    assert check["visible_only_occluded_miou"] == metrics["methods"]["visible_only"]["amodal_miou_occluded"]
 
 
 @pytest.mark.parametrize("case", ["missing", "not_image", "bad_model", "bad_data", "bad_steps"])

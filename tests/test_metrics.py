@@ -118,3 +118,73 @@ def test_summary_pools_objects_and_pairs():
 def test_visible_fractions_empty_slot_is_zero():
     layers, _, _ = _scene()
     assert visible_fractions(layers[:, 3])[3] == 0.0
+
+
+# ------------------------------------------------------------------ metrics that cannot be flattered
+def test_strict_miou_charges_an_extra_and_a_duplicated_layer():
+    layers, bg, photo = _scene()
+    exact = evaluate_scene(layers[:3], bg, layers, photo)
+    assert exact["amodal_miou_strict"] == pytest.approx(1.0) and exact["unmatched_pred"] == 0
+    extra = _rect_layer(16, 16, (0, 2, 10, 16), (1.0, 1.0, 0.0))  # 12 pixels where no object is
+    duplicate = layers[1].copy()  # object 1 a second time, behind everything
+    pred = np.stack([layers[0], layers[1], layers[2], extra, duplicate])
+    row = evaluate_scene(pred, bg, layers, photo)
+    # Every true object is still matched exactly, so the plain mIoU does not see the two extra layers ...
+    assert row["amodal_miou"] == pytest.approx(1.0)
+    # ... the strict one charges both: 3 matched IoUs of 1 over 3 true objects + 2 unmatched predictions.
+    assert row["unmatched_pred"] == 2 and row["amodal_miou_strict"] == pytest.approx(3 / 5)
+    assert row["count_accuracy"] == 0.0
+    s = summarize([exact, row])
+    assert s["amodal_miou_strict"] == pytest.approx(6 / 8) and s["unmatched_predictions"] == 2
+
+
+def test_hidden_precision_and_recall_on_an_occluded_pair():
+    """Object 1 (7x7 = 49 px) is hidden behind object 0 on rows/cols 5-7 (3x3 = 9 px)."""
+    layers, bg, photo = _scene()
+    perfect = evaluate_scene(layers[:3], bg, layers, photo)
+    assert perfect["hidden_true"] == 9 and perfect["hidden_recall"] == 1.0
+    assert perfect["hidden_precision"] == 1.0
+    # The visible-only baseline fills in nothing: recall 0, precision undefined (no pixel guessed).
+    vis_layers, vis_bg = visible_only_layers(photo, layers)
+    baseline = evaluate_scene(vis_layers, vis_bg, layers, photo)
+    assert baseline["hidden_recall"] == 0.0 and baseline["hidden_precision"] is None
+    # Fill in only row 5 of the hidden corner (3 px) and spill 6 px onto the background above object 1.
+    guess = vis_layers.copy()
+    guess[1, 3, 5, 5:8] = 1.0
+    guess[1, 3, 3:5, 9:12] = 1.0
+    row = evaluate_scene(guess, vis_bg, layers, photo)
+    assert row["hidden_hit"] == 3 and row["hidden_pred"] == 9
+    assert row["hidden_recall"] == pytest.approx(3 / 9) and row["hidden_precision"] == pytest.approx(3 / 9)
+
+
+def test_fg_ari_is_one_for_the_true_partition_and_drops_when_objects_merge():
+    layers, bg, photo = _scene()
+    assert evaluate_scene(layers[:3], bg, layers, photo)["fg_ari"] == pytest.approx(1.0)
+    merged = layers[:3].copy()
+    merged[0, 3] = np.maximum(merged[0, 3], merged[1, 3])  # objects 0 and 1 in one layer
+    merged = merged[[0, 2]]
+    assert evaluate_scene(merged, bg, layers, photo)["fg_ari"] < 0.5
+
+
+def test_small_object_rule_applies_to_every_method():
+    layers, bg, photo = _scene()
+    speck = _rect_layer(16, 16, (0, 1, 15, 16), (1.0, 1.0, 1.0))  # 1 px = 0.4 % of the image
+    row = evaluate_scene(np.concatenate([layers[:3], speck[None]]), bg, layers, photo)
+    assert row["num_pred"] == 3 and row["unmatched_pred"] == 0 and row["count_accuracy"] == 1.0
+    tiny = layers.copy()
+    tiny[2, 3] = 0
+    tiny[2, 3, 15, 0] = 1.0  # a true object under the rule: scored (no method can report it), and counted
+    row = evaluate_scene(tiny[:3], bg, tiny, composite(tiny, bg))
+    assert row["small_objects"] == 1 and row["objects"][2]["iou"] == 0.0
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():
+    layers, bg, photo = _scene()
+    rows = [evaluate_scene(layers[: 1 + i % 3], bg, layers, photo) for i in range(30)]
+    s = summarize(rows)
+    low, high = s["amodal_miou_ci"]
+    assert low < s["amodal_miou"] < high and 0 <= low and high <= 1
+    assert summarize(rows)["amodal_miou_ci"] == s["amodal_miou_ci"]
+    assert summarize(rows[:1])["count_accuracy_ci"] == [0.0, 0.0]
+    for name in ("amodal_miou_occluded", "amodal_miou_strict", "hidden_recall", "fg_ari", "order_accuracy"):
+        assert name + "_ci" in s

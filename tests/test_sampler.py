@@ -182,3 +182,27 @@ def test_same_spec_in_a_fresh_process_with_other_hash_seed() -> None:
         [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == sample_scene(3, SamplerConfig()).to_json()
+
+
+def test_completion_fraction_asks_for_half_hidden_objects_and_leaves_other_scenes_alone() -> None:
+    from synth.scene.sampler import asks_for_completion
+
+    base = SamplerConfig(width=64, height=64, check_res=64, min_objects=2, max_objects=3)
+    every = dataclasses.replace(base, completion_fraction=1.0)
+    half = dataclasses.replace(base, completion_fraction=0.5)
+    lo, hi = every.completion_hidden
+    assert (lo, hi) == (0.25, 0.75)
+    picked = [asks_for_completion(seed, half) for seed in range(40)]
+    assert 10 < sum(picked) < 30 and not any(asks_for_completion(s, base) for s in range(40))
+    for seed in range(8):
+        spec = sample_scene(seed, every)
+        amodal, depth = geometry.raycast_masks(spec, 64)
+        hidden = 1.0 - visible_fractions(amodal, geometry.modal_ids(depth))
+        assert np.any((hidden >= lo) & (hidden <= hi)), (seed, hidden)
+        # A scene the draw does not pick is exactly the scene without the option.
+        if not asks_for_completion(seed, half):
+            assert sample_scene(seed, half).to_json() == sample_scene(seed, base).to_json()
+    for bad in ({"completion_fraction": 1.5}, {"completion_hidden": (0.5, 0.4)},
+                {"completion_fraction": 0.5, "completion_hidden": (0.9, 0.95)}):
+        with pytest.raises(ValueError, match="completion"):
+            dataclasses.replace(base, **bad)

@@ -135,6 +135,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
         skip=skip,
         ids=False,  # the loss never reads the instance map: one PNG fewer per sample
         depth=config.depth_condition,
+        depth_source=config.depth_source,
     )
     loader_iter = iter(make_loader(dataset, num_workers=opts.num_workers))
     batch_iter = batches(loader_iter, opts.batch_size)
@@ -297,7 +298,8 @@ def _validation_samples(urls: list[str], config, opts: TrainOptions):
     from cobl.model.data import collate, make_dataset
 
     ds = make_dataset(
-        urls, config.num_objects, config.resolution, shuffle=False, epochs=1, depth=config.depth_condition
+        urls, config.num_objects, config.resolution, shuffle=False, epochs=1, depth=config.depth_condition,
+        depth_source=config.depth_source,
     )
     samples = list(itertools.islice(iter(ds), opts.num_validation))
     return collate(samples) if samples else None

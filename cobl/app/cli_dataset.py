@@ -32,6 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="most objects per scene = layer slots per sample (sampler default)",
     )
     p.add_argument(
+        "--completion-fraction",
+        type=float,
+        default=None,
+        help="fraction of scenes that must hold an object 25-75%% hidden (asks for amodal completion; "
+        "sampler default 0)",
+    )
+    p.add_argument(
         "--sampler-config",
         type=Path,
         default=None,
@@ -105,6 +112,12 @@ def _sampler_overrides(args: argparse.Namespace) -> dict:
         overrides["min_objects"] = args.min_objects
     if args.max_objects is not None:
         overrides["max_objects"] = args.max_objects
+    if args.completion_fraction is not None:
+        if not 0 <= args.completion_fraction <= 1:
+            raise UserError(
+                f"--completion-fraction: expected a fraction in [0, 1], got {args.completion_fraction}"
+            )
+        overrides["completion_fraction"] = args.completion_fraction
     return overrides
 
 

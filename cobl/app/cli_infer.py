@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cobl.core.errors import UserError
-from cobl.core.policy import MAX_ORDER_SEARCH_SLOTS, MIN_OBJECT_AREA
+from cobl.core.policy import DEPTH_SOURCES, MAX_ORDER_SEARCH_SLOTS, MIN_OBJECT_AREA
 from infer.settings import DEFAULT_SAMPLING_STEPS, MIN_VISIBLE, MODES, SAMPLERS, SCHEDULES, GuidanceConfig
 
 
@@ -96,6 +96,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "<photo stem>.npy|.png per photo (.npy: metres, 0 = unknown; image: relative inverse depth, "
         "brighter = nearer, e.g. from Depth Anything)",
     )
+    p.add_argument(
+        "--depth-model",
+        default=None,
+        metavar="DIR",
+        help="estimate each photo's depth with a transformers depth-estimation model saved in DIR (DPT, "
+        "Depth Anything, ...; save_pretrained with its image processor) instead of --depth",
+    )
     p.add_argument("--out", default="cobl_layers", help="output folder (one subfolder per photo)")
     p.add_argument("--overwrite", action="store_true", help="redo photos whose output folder exists")
     p.set_defaults(func=run_infer)
@@ -106,6 +113,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--limit", type=int, default=None, help="evaluate at most N scenes")
     e.add_argument("--out", default="metrics.json", help="metrics JSON to write")
     e.add_argument("--no-unguided", action="store_true", help="skip the unguided-sampler baseline")
+    e.add_argument(
+        "--depth-source",
+        choices=("model", *DEPTH_SOURCES),
+        default="model",
+        help="depth given to a depth-conditioned model: the kind it was trained on (model, the default), "
+        "the renderer's exact depth (rendered: an oracle input) or its simulated monocular estimate",
+    )
+    e.add_argument(
+        "--depth-model",
+        default=None,
+        metavar="DIR",
+        help="run this transformers depth-estimation model on each photo instead of the shard's depth",
+    )
+    e.add_argument(
+        "--selection-split",
+        default=None,
+        help="the split the model and its settings were chosen on, recorded in the metrics (e.g. val)",
+    )
     e.set_defaults(func=run_eval)
 
 
@@ -170,10 +195,16 @@ def run_infer(args: argparse.Namespace) -> int:
     out_root = Path(args.out)
     if out_root.exists() and not out_root.is_dir():
         raise UserError(f"--out {out_root}: exists and is not a folder")
+    if args.depth is not None and args.depth_model is not None:
+        raise UserError("--depth-model: give either --depth or --depth-model, not both")
     pipe = _load(args)
     depths = _depth_files(args.depth, photos)
-    if pipe.uses_depth and depths is None:
-        raise UserError(f"--depth: the model {args.model} is depth-conditioned; give a depth map per photo")
+    estimator = _estimator(args) if pipe.uses_depth else None
+    if pipe.uses_depth and depths is None and estimator is None:
+        raise UserError(
+            f"--depth: the model {args.model} is depth-conditioned; give a depth map per photo or "
+            "--depth-model DIR"
+        )
     sampling = _sampling(args)
     settings = {**sampling, "sampler": args.sampler, "seed": args.seed}
     todo = [
@@ -187,12 +218,15 @@ def run_infer(args: argparse.Namespace) -> int:
         depth = None
         if depths is not None:
             depth = io.resize_to(load_depth_file(depths[path])[None], *photo.shape[-2:])
+        elif estimator is not None:
+            depth = estimator(photo)[None]
         start = time.perf_counter()
         result = decompose(pipe, photo, depth, seed=args.seed, **sampling)
         seconds = time.perf_counter() - start
         info = {
             "photo": str(path),
             "depth": None if depths is None else str(depths[path]),
+            "depth_model": None if estimator is None else estimator.name,
             "size": [int(photo.shape[-2]), int(photo.shape[-1])],
             "model": str(args.model),
             "model_resolution": pipe.resolution,
@@ -216,6 +250,18 @@ def run_infer(args: argparse.Namespace) -> int:
     note = f" ({skipped} already done, kept)" if skipped else ""
     print(f"cobl infer: wrote {len(todo)} result folder(s) under {out_root}{note}")
     return 0
+
+
+def _estimator(args: argparse.Namespace) -> Any:
+    """The ``--depth-model`` estimator, on the model's device; None without the flag."""
+    if getattr(args, "depth_model", None) is None:
+        return None
+    import torch
+
+    from infer.depth_estimation import DepthEstimator
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return DepthEstimator(args.depth_model, device=device)
 
 
 def _depth_files(depth: str | None, photos: list[Path]) -> dict[Path, Path] | None:
@@ -261,20 +307,30 @@ def run_eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         seed=args.seed,
         unguided=not args.no_unguided and args.guidance_scale > 0,
+        depth_source=None if args.depth_source == "model" else args.depth_source,
+        depth_estimator=_estimator(args) if pipe.uses_depth else None,
         **_sampling(args),
     )
     result = {
         "model": str(args.model),
-        "settings": {**_sampling(args), "sampler": args.sampler, "seed": args.seed},
         **result,
+        "settings": {
+            **_sampling(args),
+            "sampler": args.sampler,
+            "seed": args.seed,
+            **result["settings"],
+            "selection_split": args.selection_split,
+            "split": _split_name(args.data),
+        },
     }
     write_text_atomic(args.out, json.dumps(result, indent=2, sort_keys=True) + "\n")
-    for method in result["methods"]:
-        s = result["summary"][method]
+    for method in result["method_order"]:
+        s = result["methods"][method]
         print(
-            f"{method:>12}: mIoU {_fmt(s['amodal_miou'])} (occluded {_fmt(s['amodal_miou_occluded'])}), "
-            f"order {_fmt(s['order_accuracy'])}, count {_fmt(s['count_accuracy'])}, "
-            f"recomp PSNR {_fmt(s['recomposition_psnr'])}"
+            f"{method:>12}: mIoU {_fmt(s['amodal_miou'])} (occluded {_fmt(s['amodal_miou_occluded'])}, "
+            f"strict {_fmt(s['amodal_miou_strict'])}), hidden recall {_fmt(s['hidden_recall'])}, "
+            f"fg-ARI {_fmt(s['fg_ari'])}, order {_fmt(s['order_accuracy'])}, "
+            f"count {_fmt(s['count_accuracy'])}, recomp PSNR {_fmt(s['recomposition_psnr'])}"
         )
     check = result["amodal_completion_check"]
     if check["model_beats_visible_only"] is False:
@@ -284,6 +340,13 @@ def run_eval(args: argparse.Namespace) -> int:
         f"({MODEL} guidance scale {args.guidance_scale})"
     )
     return 0
+
+
+def _split_name(data: str) -> str | None:
+    """The split a shard pattern names (``DIR/shards/test-*.tar`` -> ``test``), when it names one."""
+    name = Path(data.split("::")[0]).name
+    head = name.split("-")[0]
+    return head if head and head != name and not any(c in head for c in "*?[{") else None
 
 
 def _fmt(value: Any) -> str:

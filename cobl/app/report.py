@@ -18,8 +18,13 @@ from cobl.core.atomic import write_text_atomic
 # Columns of the metrics table, in order: (key in a summary row, header, description).
 METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("amodal_miou", "amodal mIoU", "Hungarian-matched amodal mask IoU, unmatched objects count 0"),
-    ("amodal_miou_occluded", "mIoU occluded", "the same over objects hidden in part"),
+    ("amodal_miou_strict", "mIoU strict", "the same, extra and duplicate predicted layers counting IoU 0"),
+    ("amodal_miou_occluded", "mIoU occluded", "amodal mIoU over objects hidden in part"),
     ("amodal_miou_unoccluded", "mIoU unoccluded", "the same over fully visible objects"),
+    ("hidden_recall", "hidden recall", "occluded objects: fraction of their hidden pixels the layer covers"),
+    ("hidden_precision", "hidden precision",
+     "occluded objects: fraction of the layer's pixels outside the visible mask that are truly hidden"),
+    ("fg_ari", "FG-ARI", "adjusted Rand index of the modal segmentation over true object pixels"),
     ("layer_psnr", "layer PSNR", "matched layers inside their amodal masks (dB)"),
     ("layer_ssim", "layer SSIM", "matched layers inside their amodal masks"),
     ("recomposition_psnr", "recomp. PSNR", "layers composited over the background vs the photo (dB)"),
@@ -37,17 +42,27 @@ def format_value(value: Any) -> str:
     return html.escape(str(value))
 
 
-def metrics_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
-    """An HTML table with one row per (method name, summary dict)."""
+def format_cell(summary: dict[str, Any], key: str) -> str:
+    """A table cell: the value and, when the summary has one, its 95 % interval ``key_ci``."""
+    text = format_value(summary.get(key))
+    ci = summary.get(key + "_ci")
+    if ci is not None and summary.get(key) is not None:
+        text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+    return text
+
+
+def metrics_table(rows: Sequence[tuple[Any, ...]]) -> str:
+    """An HTML table with one row per ``(method name, summary dict[, label shown])``."""
     head = "".join(
         f'<th title="{html.escape(desc)}">{html.escape(name)}</th>' for _, name, desc in METRIC_COLUMNS
     )
     body = []
-    for method, summary in rows:
+    for method, summary, *label in rows:
         cells = "".join(
-            f'<td data-key="{key}">{format_value(summary.get(key))}</td>' for key, _, _ in METRIC_COLUMNS
+            f'<td data-key="{key}">{format_cell(summary, key)}</td>' for key, _, _ in METRIC_COLUMNS
         )
-        body.append(f'<tr data-method="{html.escape(method)}"><th>{html.escape(method)}</th>{cells}</tr>')
+        shown = html.escape(label[0] if label else method)
+        body.append(f'<tr data-method="{html.escape(method)}"><th>{shown}</th>{cells}</tr>')
     return f"<table class=metrics><tr><th>method</th>{head}</tr>{''.join(body)}</table>"
 
 
@@ -56,7 +71,7 @@ def write_report(
     *,
     title: str,
     summary_lines: Sequence[str],
-    tables: Sequence[tuple[str, Sequence[tuple[str, dict[str, Any]]]]],
+    tables: Sequence[tuple[str, Sequence[tuple[Any, ...]]]],
     figures: Sequence[tuple[str, str]],
     metrics_json: dict[str, Any],
 ) -> None:

@@ -24,3 +24,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 # High-dynamic-range images Blender reads (HDRI worlds, and image textures beside IMAGE_SUFFIXES).
 HDR_SUFFIXES = (".hdr", ".exr")
+
+# The depth a depth-conditioned model is trained and evaluated on (cobl.model.depth): the renderer's exact
+# depth (an oracle input: a user with a photo has none) or that depth degraded like a monocular estimate.
+DEPTH_SOURCES = ("rendered", "monocular")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cobl.core.errors import UserError
+from cobl.core.policy import DEPTH_SOURCES
 
 CODEC_KINDS = ("space_to_depth", "vae")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -36,6 +37,7 @@ class CObLConfig:
     full_attention_max_tokens: int = 1024  # per-slot tokens up to which cross-slot attention is full
     photo_skip: bool = False  # zero-initialised per-slot linear photo -> prediction path (see CObLModel)
     depth_condition: bool = False  # condition on relative depth as well as the photo (cobl.depth)
+    depth_source: str = "rendered"  # train/eval depth: "rendered" (oracle) or "monocular" (simulated)
     prediction_type: str = "sample"
     beta_schedule: str = "squaredcos_cap_v2"
     num_train_timesteps: int = 1000
@@ -56,6 +58,11 @@ class CObLConfig:
             raise UserError(f"config {self.name}: must be >= 1, got {self.num_objects}", option="num_objects")
         if self.codec not in CODEC_KINDS:
             raise UserError(f"config {self.name}: codec must be one of {CODEC_KINDS}, got {self.codec!r}")
+        if self.depth_source not in DEPTH_SOURCES:
+            raise UserError(
+                f"config {self.name}: must be one of {DEPTH_SOURCES}, got {self.depth_source!r}",
+                option="depth_source",
+            )
         if self.prediction_type not in PREDICTION_TYPES:
             raise UserError(
                 f"config {self.name}: must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}",

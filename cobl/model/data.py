@@ -33,8 +33,9 @@ from PIL import Image
 from cobl.core import schema
 from cobl.core.errors import UserError
 from cobl.core.layers import ALPHA_CHANNEL, EMPTY_RGB
+from cobl.core.policy import DEPTH_SOURCES
 from cobl.model.batch import Batch, Sample
-from cobl.model.depth import depth_from_npy_bytes
+from cobl.model.depth import depth_from_npy_bytes, simulate_monocular
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,17 @@ def _resize(x: torch.Tensor, resolution: int, mode: str = "bilinear") -> torch.T
     return out.reshape(*lead, *out.shape[-3:])
 
 
+# Salt of the per-sample seed of the simulated monocular depth (``cobl.model.depth.simulate_monocular``).
+MONOCULAR_DEPTH_SALT = 0xDE9
+
+
 def decode_sample(
-    sample: dict[str, Any], num_objects: int, resolution: int, ids: bool = True, depth: bool = True
+    sample: dict[str, Any],
+    num_objects: int,
+    resolution: int,
+    ids: bool = True,
+    depth: bool = True,
+    depth_source: str = "rendered",
 ) -> Sample:
     """One WebDataset sample (member name -> bytes) -> a ``Sample`` (``photo [3,H,W]``, ``layers [K,4,H,W]``
     with K = ``num_objects``, ``background [3,H,W]``, ``ids [H,W]`` long, ``depth [1,H,W]``, the scene's own
@@ -134,6 +144,8 @@ def decode_sample(
 
     ``ids=False`` skips ``ids.png`` (only evaluation needs it; ``ids`` is then None). ``depth`` is the
     relative disparity of ``depth.npy`` (``cobl.depth``); ``depth=False`` skips it (``depth`` is then None).
+    ``depth_source="monocular"`` degrades it at the decoded resolution like a monocular estimate, seeded by
+    the sample key alone (``cobl.model.depth.simulate_monocular``), so training and evaluation see the same.
     Raises ``TooManyObjects`` for scenes with more than K non-empty layers, ``SkipSample`` for corrupt ones.
 
     Why it is shaped like this: PNG inflate is the floor of the cost, so everything else is done once per
@@ -210,6 +222,8 @@ def decode_sample(
             ids_t = _resize(ids_t[None, None].float(), resolution, mode="nearest")[0, 0].long().contiguous()
         if depth_t is not None:
             depth_t = _resize(depth_t, resolution).clamp(0, 1).contiguous()
+    if depth_t is not None and depth_source == "monocular":
+        depth_t = simulate_monocular(depth_t, sample_seed(key, MONOCULAR_DEPTH_SALT))
     return Sample(
         photo=photo,
         layers=stack,
@@ -238,6 +252,7 @@ class LayerDataset(torch.utils.data.IterableDataset):
         epochs: int | None = None,
         ids: bool = True,
         depth: bool = True,
+        depth_source: str = "rendered",
     ):
         super().__init__()
         self.urls = list(urls)
@@ -250,6 +265,7 @@ class LayerDataset(torch.utils.data.IterableDataset):
         self.epochs = epochs  # None = endless
         self.ids = ids  # decode ids.png (evaluation); training does not need it
         self.depth = depth  # decode depth.npy (only depth-conditioned models need it)
+        self.depth_source = depth_source  # "rendered" or "monocular" (cobl.model.depth.DEPTH_SOURCES)
         self.counts = {"decoded": 0, "corrupt": 0, "too_many_objects": 0}
 
     def _shard_stream(self) -> Iterator[dict[str, str]]:
@@ -294,7 +310,10 @@ class LayerDataset(torch.utils.data.IterableDataset):
             if position < start:
                 continue
             try:
-                out = decode_sample(sample, self.num_objects, self.resolution, ids=self.ids, depth=self.depth)
+                out = decode_sample(
+                    sample, self.num_objects, self.resolution, ids=self.ids, depth=self.depth,
+                    depth_source=self.depth_source,
+                )
             except SkipSample as err:
                 self.counts[err.reason] += 1
                 warnings.warn(f"skipping {err} ({self.counts[err.reason]} {err.reason} so far)", stacklevel=2)
@@ -324,15 +343,21 @@ def make_dataset(
     epochs: int | None = None,
     ids: bool = True,
     depth: bool = True,
+    depth_source: str = "rendered",
 ) -> LayerDataset:
     """The streaming dataset over ``urls`` (a brace pattern, a glob, or a list of shard paths).
 
     ``ids=False``/``depth=False`` skip decoding ``ids.png``/``depth.npy`` (samples then carry None): a
-    training loader's saving."""
+    training loader's saving. ``depth_source``: the renderer's exact depth or its simulated monocular
+    estimate (``decode_sample``)."""
+    if depth_source not in DEPTH_SOURCES:
+        raise UserError(
+            f"expected one of {', '.join(DEPTH_SOURCES)}, got {depth_source!r}", option="depth_source"
+        )
     if isinstance(urls, str) or any(("{" in u or glob.has_magic(u)) for u in urls):
         urls = expand_urls(urls)
     return LayerDataset(
-        urls, num_objects, resolution, shuffle, seed, shuffle_buffer, skip, epochs, ids, depth
+        urls, num_objects, resolution, shuffle, seed, shuffle_buffer, skip, epochs, ids, depth, depth_source
     )
 
 

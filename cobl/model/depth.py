@@ -5,6 +5,16 @@ estimator). Depth is the cue that says which of two touching objects is in front
 and the table begins, which a small model otherwise has to infer from shading alone. Relative inverse depth
 is what monocular estimators (MiDaS, Depth Anything) output, so a model trained on the renderer's depth
 normalised this way can take such an estimate for a real photo; metric scale is deliberately thrown away.
+
+The renderer's depth is still better than any estimate: it has exact silhouettes, which give away every object
+outline and the occlusion order. ``depth_source="monocular"`` (``DEPTH_SOURCES``) therefore degrades it the
+way a monocular estimator's output differs from it (``simulate_monocular``): Gaussian blur (sigma
+``MONOCULAR_BLUR_SIGMA_64`` px at 64x64, scaled with the resolution) for the smoothed edges, a gamma
+jitter (``MONOCULAR_GAMMA``) for the unknown non-linear relation between the estimate and true inverse
+depth, additive Gaussian noise (``MONOCULAR_NOISE``), then re-normalised to [0, 1] (scale and shift free).
+The draw is seeded by the sample (``seed``), so a scene gets the same degraded depth at training and at
+evaluation, as a real estimator gives the same estimate for the same photo. ``"rendered"`` keeps the exact
+depth (an oracle input).
 """
 
 from __future__ import annotations
@@ -16,7 +26,11 @@ import numpy as np
 import torch
 
 from cobl.core.errors import UserError
-from cobl.core.policy import IMAGE_SUFFIXES
+from cobl.core.policy import DEPTH_SOURCES, IMAGE_SUFFIXES  # noqa: F401  (DEPTH_SOURCES re-exported)
+
+MONOCULAR_BLUR_SIGMA_64 = 1.5  # px at 64x64; scaled linearly with the image side
+MONOCULAR_GAMMA = (0.7, 1.4)
+MONOCULAR_NOISE = 0.02
 
 
 def _min_max(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -40,6 +54,23 @@ def normalise_relative(disparity: torch.Tensor) -> torch.Tensor:
     """An estimator's relative inverse depth (any range, larger = nearer) min-max scaled to [0, 1]."""
     disparity = disparity.float()
     return _min_max(disparity, torch.ones_like(disparity, dtype=torch.bool))
+
+
+def simulate_monocular(disparity: torch.Tensor, seed: int) -> torch.Tensor:
+    """Relative disparity ``[..., H, W]`` in [0, 1] degraded like a monocular estimate (module docstring):
+    blur, gamma, noise, re-normalised to [0, 1]. Deterministic in ``seed``; float32, same shape."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    d = disparity.detach().cpu().numpy().astype(np.float32)
+    sigma = MONOCULAR_BLUR_SIGMA_64 * d.shape[-1] / 64
+    axes_sigma = (0,) * (d.ndim - 2) + (sigma, sigma)
+    d = gaussian_filter(d, sigma=axes_sigma, mode="nearest").clip(0, 1)
+    d = d ** np.float32(rng.uniform(*MONOCULAR_GAMMA))
+    d += np.float32(MONOCULAR_NOISE) * rng.standard_normal(d.shape, dtype=np.float32)
+    # per image min-max (numpy: this runs per training sample)
+    low, high = d.min(axis=(-2, -1), keepdims=True), d.max(axis=(-2, -1), keepdims=True)
+    return torch.from_numpy((d - low) / np.maximum(high - low, np.float32(1e-6)))
 
 
 def depth_from_npy_bytes(data: bytes) -> torch.Tensor:

@@ -24,7 +24,7 @@ from synth.dataset.gallery import write_gallery
 from synth.dataset.manifest import SHARDS_DIR, Manifest, verify
 from synth.dataset.plan import GenerationConfig
 from synth.dataset.shards import iter_shard
-from synth.dataset.stats import OCCLUSION_LEVELS, StatsAccumulator
+from synth.dataset.stats import COMPLETION_HIDDEN, OCCLUSION_LEVELS, StatsAccumulator
 
 
 def iter_scene_docs(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -64,7 +64,7 @@ def publish(
     config = GenerationConfig.from_dict(manifest.config)
     shards = _ordered_shards(manifest)
 
-    acc = StatsAccumulator()
+    acc = StatsAccumulator(tuple(config.sampler.get("completion_hidden", COMPLETION_HIDDEN)))
     for rec in shards:
         for key, doc in iter_scene_docs(root / SHARDS_DIR / rec.name):
             acc.add(rec.split, doc, f"{rec.name}: {key}.{schema.SCENE}")
@@ -112,6 +112,8 @@ def _command(config: GenerationConfig) -> str:
         f"--resolution {config.resolution} "
         f"--samples {config.samples} --engine {config.engine} --split {split} "
         f"--shard-size {config.shard_size} --max-objects {config.layer_slots}"
+        + (f" --completion-fraction {fraction:g}" if (fraction := config.sampler.get("completion_fraction"))
+           else "")
     )
 
 
@@ -216,6 +218,25 @@ def dataset_card(title: str, manifest: Manifest, stats: dict[str, Any], extra: l
     for name, _, _ in OCCLUSION_LEVELS:
         level = stats["occlusion_levels"][name]
         lines.append(f"| {name} | {level['objects']} | {level['fraction']:.3f} |")
+    completion = stats.get("scenes_with_completion_object")
+    if completion is not None:
+        lo, hi = completion["hidden_band"]
+        asked = config.sampler.get("completion_fraction", 0.0)
+        band = f"{lo:.0%}–{hi:.0%}"
+        wanted = (
+            f"a completion_fraction of {asked:g} of the scenes holding an object {band} hidden"
+            if asked
+            else "no completion_fraction (scenes need not hold a half-hidden object)"
+        )
+        lines += [
+            "",
+            "Occlusion distribution asked of the sampler: at least "
+            f"{config.sampler.get('min_occluded_fraction')} of each scene's objects hidden by "
+            f"{config.sampler.get('occluded_threshold')} or more, and {wanted}. Measured: "
+            f"{completion['scenes']} of {stats['scenes']} scenes ({completion['fraction']:.1%}) hold an "
+            f"object {band} hidden; {stats.get('objects_over_90_visible', 0)} of {stats['objects']} objects "
+            "are more than 90 % visible.",
+        ]
     edges = stats["occlusion_edges_per_scene"]
     if edges.get("count"):
         lines += [

@@ -21,6 +21,7 @@ OCCLUSION_LEVELS = (  # (name, lower bound inclusive, upper bound exclusive) on 
     ("extreme (90-100%)", 0.90, 1.01),
 )
 VISIBLE_BINS = 10  # histogram of visible fractions in [0, 1]
+COMPLETION_HIDDEN = (0.25, 0.75)  # the sampler's default band (SamplerConfig.completion_hidden)
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -46,7 +47,9 @@ def occlusion_level(visible_fraction: float) -> str:
 class StatsAccumulator:
     """Feed it ``(split, scene.json dict)`` pairs; ``result()`` is the JSON-ready statistics."""
 
-    def __init__(self) -> None:
+    def __init__(self, completion_hidden: tuple[float, float] = COMPLETION_HIDDEN) -> None:
+        self.completion_hidden = (float(completion_hidden[0]), float(completion_hidden[1]))
+        self.scenes_asking_completion = 0  # scenes with an object hidden by a completion_hidden fraction
         self.scenes_per_split: Counter[str] = Counter()
         self.objects_per_scene: Counter[int] = Counter()
         self.visible: list[float] = []
@@ -64,10 +67,14 @@ class StatsAccumulator:
         self.scenes += 1
         self.scenes_per_split[split] += 1
         self.objects_per_scene[len(gt.objects)] += 1
+        lo, hi = self.completion_hidden
+        asks = False
         for obj in gt.objects:
             v = float(obj.visible_fraction)
             self.visible.append(v)
             self.levels[occlusion_level(v)] += 1
+            asks |= lo <= 1.0 - v <= hi
+        self.scenes_asking_completion += asks
         self.edges_per_scene.append(float(len(gt.occlusion_edges)))
         self.occluded_objects_per_scene.append(float(len({e.back for e in gt.occlusion_edges})))
         self.acyclic_scenes += gt.acyclic
@@ -103,6 +110,12 @@ class StatsAccumulator:
                 name: {"objects": self.levels[name], "fraction": self.levels[name] / n_obj if n_obj else 0.0}
                 for name, _, _ in OCCLUSION_LEVELS
             },
+            "scenes_with_completion_object": {
+                "hidden_band": list(self.completion_hidden),
+                "scenes": self.scenes_asking_completion,
+                "fraction": self.scenes_asking_completion / self.scenes if self.scenes else 0.0,
+            },
+            "objects_over_90_visible": sum(v > 0.9 for v in self.visible),
             "occlusion_edges_per_scene": _summary(self.edges_per_scene),
             "occluded_objects_per_scene": _summary(self.occluded_objects_per_scene),
             "scenes_with_acyclic_occlusion": self.acyclic_scenes,

@@ -7,7 +7,12 @@ Constraints, checked on the actual meshes: objects rest on the table (asset base
 without interpenetration and at least ``gap`` apart (see ``_place_objects``); every object is inside the image
 with a margin; each is at least ``min_visible`` visible (modal / amodal pixels of a ``check_res`` ray cast);
 the occlusion graph is acyclic, so a front-to-back layer order exists; and at least ``min_occluded_fraction``
-of the objects are partly hidden. Objects in the spec are listed front to back (by the check-resolution
+of the objects are partly hidden. The occlusion distribution can be pushed toward scenes that ask for amodal
+completion: a ``completion_fraction`` of the scenes (chosen per seed, independently of the rest of the
+sampling) must hold at least one object whose hidden fraction lies in ``completion_hidden`` (25-75 % by
+default); the other scenes are exactly what the sampler gives without the option.
+
+Objects in the spec are listed front to back (by the check-resolution
 occlusion order; ties by nearest depth), so ``pass_index`` k + 1 is usually layer k.
 """
 
@@ -56,6 +61,10 @@ class SamplerConfig:
     min_visible: float = 0.15  # each object's visible (modal/amodal) fraction at least this
     min_occluded_fraction: float = 0.25  # at least ceil(this * n) objects partly hidden ...
     occluded_threshold: float = 0.05  # ... by at least this fraction of their amodal area
+    # Scenes that ask for completion: this fraction of the scenes (drawn per seed) must hold an object whose
+    # hidden fraction (1 - modal / amodal pixels) lies in completion_hidden.
+    completion_fraction: float = 0.0
+    completion_hidden: tuple[float, float] = (0.25, 0.75)
     # Radius (m) of the disc object centres are drawn from, for 4 objects; scaled by sqrt(n / 4) so the
     # density (and so the amount of occlusion) does not depend on the object count.
     spread: tuple[float, float] = (0.07, 0.16)
@@ -102,6 +111,14 @@ class SamplerConfig:
         if not 0.0 <= self.min_occluded_fraction <= 1.0:
             problems.append(
                 f"min_occluded_fraction={self.min_occluded_fraction}: expected a fraction in [0, 1]"
+            )
+        if not 0.0 <= self.completion_fraction <= 1.0:
+            problems.append(f"completion_fraction={self.completion_fraction}: expected a fraction in [0, 1]")
+        lo, hi = self.completion_hidden
+        if not 0.0 <= lo <= hi <= 1.0 or (self.completion_fraction > 0 and lo > 1.0 - self.min_visible):
+            problems.append(
+                f"completion_hidden={list(self.completion_hidden)}: expected 0 <= low <= high <= 1, "
+                "low at most 1 - min_visible"
             )
         unknown = set(self.families) - set(FAMILIES)
         if not self.families or unknown:
@@ -172,6 +189,7 @@ def sample_scene(seed: int, config: SamplerConfig | None = None, scene_id: str |
     )
 
     n = int(rng.integers(config.min_objects, config.max_objects + 1))  # once: keeps the count uniform
+    needs_completion = asks_for_completion(seed, config)
     failures: Counter[str] = Counter()
     for attempt in range(config.max_attempts):
         if attempt % ASSET_REDRAW_EVERY == 0:  # keep the (cached) meshes for a few arrangements: cheaper
@@ -203,7 +221,7 @@ def sample_scene(seed: int, config: SamplerConfig | None = None, scene_id: str |
                 world=world,
                 render=render,
             )
-            order, why = _check_visibility(spec, [p.mesh for p in placed], config)
+            order, why = _check_visibility(spec, [p.mesh for p in placed], config, needs_completion)
             if order is None:
                 failures[why] += 1
                 continue
@@ -215,8 +233,20 @@ def sample_scene(seed: int, config: SamplerConfig | None = None, scene_id: str |
     summary = ", ".join(f"{why} ({count}x)" for why, count in failures.most_common(3))
     raise SamplingError(
         f"scene seed {seed}: no scene met the constraints in {config.max_attempts} attempts: {summary}; "
-        "loosen min_visible / min_occluded_fraction, widen spread or lower max_objects"
+        "loosen min_visible / min_occluded_fraction / completion_fraction, widen spread or lower max_objects"
     )
+
+
+# Salt of the per-seed draw that picks the scenes asking for completion: a separate generator, so the draw
+# leaves the main stream (and every scene it does not pick) unchanged.
+_COMPLETION_SALT = 0xC0B1
+
+
+def asks_for_completion(seed: int, config: SamplerConfig) -> bool:
+    """Whether the scene of ``seed`` must hold an object hidden by a ``completion_hidden`` fraction."""
+    if config.completion_fraction <= 0:
+        return False
+    return bool(np.random.default_rng([int(seed), _COMPLETION_SALT]).random() < config.completion_fraction)
 
 
 def _object_spec(name: str, placed: _Placed, material, pass_index: int) -> ObjectSpec:
@@ -401,7 +431,7 @@ def _sample_camera(
 
 
 def _check_visibility(
-    spec: SceneSpec, meshes: list[trimesh.Trimesh], config: SamplerConfig
+    spec: SceneSpec, meshes: list[trimesh.Trimesh], config: SamplerConfig, needs_completion: bool = False
 ) -> tuple[list[int] | None, str]:
     """(front-to-back order, "") when the visibility/occlusion constraints hold, else (None, reason)."""
     res = config.check_res
@@ -419,6 +449,9 @@ def _check_visibility(
             None,
             f"fewer than min_occluded_fraction={config.min_occluded_fraction} of the objects occluded",
         )
+    lo, hi = config.completion_hidden
+    if needs_completion and not np.any((1.0 - visible >= lo) & (1.0 - visible <= hi)):
+        return None, f"no object {lo:.0%}-{hi:.0%} hidden (completion_fraction)"
     nearest = [float(d[d > 0].min()) if np.any(d > 0) else math.inf for d in depth]
     order = front_to_back_order(occlusion_edges(amodal, ids), len(meshes), nearest)
     if order is None:
