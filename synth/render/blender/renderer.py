@@ -185,15 +185,7 @@ class BlenderRenderer:
         timings["layers"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        background = photo["rgba"].copy()
-        bg_boxes = cover_boxes(
-            _background_needed(object_renders, spec.render, (height, width)), _overhead_px(spec)
-        )
-        if bg_boxes:
-            _camera_visible(built, table=True, objects=set())
-        for box in bg_boxes:
-            x0, y0, x1, y1 = box
-            background[y0:y1, x0:x1] = self._render_rgba(box, transparent=False)
+        clean, bg_renders = self._clean_background(built, spec, photo["rgba"], object_renders)
         timings["background"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -209,18 +201,55 @@ class BlenderRenderer:
             "blender": bpy.app.version_string,
             "layer_renders": layer_renders,
             "boxes": [mask_box(r) for r in regions],
-            "background_renders": len(bg_boxes),
+            "background_renders": bg_renders,
+            "background": "clean",
         }
         index_pass, depth_pass = photo.get("index"), photo["depth"]
         if spec.render.engine != "CYCLES":
             index_pass = self._workbench_ids(built, spec.render)
         result = groundtruth.assemble(
-            spec, photo["rgba"], background, object_renders, index_pass, depth_pass, info
+            spec, photo["rgba"], clean, object_renders, index_pass, depth_pass, info
         )
         timings["assemble"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         self.last_timings = timings
         return result
+
+    def _clean_background(
+        self, built: BuiltScene, spec: SceneSpec, photo: np.ndarray, object_renders: list[np.ndarray]
+    ) -> tuple[np.ndarray, int]:
+        """The table as if the objects were absent, wherever some object's amodal render covers it (the
+        photo elsewhere): ([H, W, 4] linear, number of border renders). A pixel covered by the objects S is
+        rendered with exactly S removed from the scene (``hide_render``: no shadow, no bounce light), the
+        other objects camera-invisible but casting shadows, so a shadow one object casts under another's
+        footprint stays. One set of border renders per distinct S. ``groundtruth.assemble`` then keeps the
+        compositing identity where the layers leave some of the background visible (fractional alpha)."""
+        covers = _background_needed(object_renders, spec.render)
+        clean = photo.copy()
+        if not covers:
+            return clean, 0
+        stacked = np.stack(covers)  # [N, H, W]
+        pixels = np.nonzero(stacked.any(axis=0))
+        sets, inverse = np.unique(stacked[:, pixels[0], pixels[1]].T, axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        renders = 0
+        try:
+            for k, members in enumerate(sets):
+                region = np.zeros(photo.shape[:2], dtype=bool)
+                region[pixels[0][inverse == k], pixels[1][inverse == k]] = True
+                _camera_visible(built, table=True, objects=set())
+                for obj, absent in zip(built.objects, members, strict=True):
+                    _assign(obj, "hide_render", bool(absent))
+                for box in cover_boxes(region, _overhead_px(spec)):
+                    x0, y0, x1, y1 = box
+                    rgba = self._render_rgba(box, transparent=False)
+                    inside = region[y0:y1, x0:x1]
+                    clean[y0:y1, x0:x1][inside] = rgba[inside]
+                    renders += 1
+        finally:
+            for obj in built.objects:
+                _assign(obj, "hide_render", False)
+        return clean, renders
 
     def _workbench_ids(self, built: BuiltScene, settings: RenderSettings) -> np.ndarray:
         """EEVEE has no Object Index pass: an exact flat-colour Workbench render carries pass_index / 255."""
@@ -277,19 +306,16 @@ def _overhead_px(spec: SceneSpec) -> float:
     return RENDER_OVERHEAD_PX * 16.0 / max(1, spec.render.samples)
 
 
-def _background_needed(
-    object_renders: list[np.ndarray], settings: RenderSettings, shape: tuple[int, int]
-) -> np.ndarray:
-    """Where the background must be rendered: under every object's amodal coverage (alpha > 0). Elsewhere
-    no camera sample hits an object, so the background equals the photo (same seed, same samples). The
-    denoiser (and EEVEE's screen-space effects) spread objects into nearby pixels: then grow the region."""
-    needed = np.zeros(shape, dtype=bool)
-    for rgba in object_renders:
-        needed |= rgba[..., ALPHA_CHANNEL] > 0
+def _background_needed(object_renders: list[np.ndarray], settings: RenderSettings) -> list[np.ndarray]:
+    """Per object, where the clean background must be rendered because of it: its amodal coverage (alpha
+    > 0). Elsewhere no camera sample hits an object, so the background is the photo (same seed, same
+    samples). The denoiser (and EEVEE's screen-space effects) spread objects into nearby pixels: then grow
+    each region."""
+    needed = [rgba[..., ALPHA_CHANNEL] > 0 for rgba in object_renders]
     if settings.denoise or settings.engine != "CYCLES":
         from scipy import ndimage
 
-        needed = ndimage.binary_dilation(needed, iterations=DENOISE_REACH)
+        needed = [ndimage.binary_dilation(m, iterations=DENOISE_REACH) if m.any() else m for m in needed]
     return needed
 
 
