@@ -105,6 +105,10 @@ class BlenderRenderer:
             cycles.samples = int(settings.samples)
             cycles.use_adaptive_sampling = False  # per-pixel sample counts would differ between passes
             cycles.use_denoising = bool(settings.denoise)
+            if settings.denoise:  # named explicitly: the defaults could change between Blender versions
+                cycles.denoiser = "OPENIMAGEDENOISE"
+                cycles.denoising_input_passes = "RGB_ALBEDO_NORMAL"
+                cycles.denoising_prefilter = "ACCURATE"
             cycles.seed = int(settings.seed)
             cycles.use_animated_seed = False
         else:
