@@ -23,6 +23,10 @@ PSNR_CAP_DB = 100.0
 # Render engines the renderer supports (bpy 5 names).
 RENDER_ENGINES = ("CYCLES", "BLENDER_EEVEE")
 
+# Devices the renderer renders on (``--device``), and the Cycles GPU backends tried for "gpu", in order.
+RENDER_DEVICES = ("cpu", "gpu")
+GPU_BACKENDS = ("OPTIX", "CUDA")
+
 # Raster image files PIL reads (photos, depth images); HDR formats are separate.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -227,7 +227,12 @@ def run_generation(
     progress.t0 = time.monotonic()  # the rate (and ETA) counts rendering time, not Ray's start-up
     resources = {worker_resource: 1} if worker_resource else None
     actor_cls = ray.remote(RenderWorker).options(
-        num_cpus=1, resources=resources, max_restarts=-1, max_task_retries=retries, max_concurrency=1
+        num_cpus=1,
+        num_gpus=1 if config.device == "gpu" else 0,  # one GPU per Blender: Cycles uses all of a GPU
+        resources=resources,
+        max_restarts=-1,
+        max_task_retries=retries,
+        max_concurrency=1,
     )
     threads = threads_per_worker if threads_per_worker is not None else (1 if workers > 1 else 0)
     cfg_dict = config.to_dict()

@@ -13,13 +13,11 @@ cropped, without the compositor), rectangles chosen by ``synth.render.regions``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import bpy
 import numpy as np
@@ -29,7 +27,8 @@ from cobl.core.layers import ALPHA_CHANNEL
 from cobl.core.policy import RENDER_ENGINES
 from cobl.core.spec import RenderSettings, SceneSpec
 from synth.render import groundtruth
-from synth.render.blender import passes
+from synth.render.blender import devices, passes
+from synth.render.blender.quiet import quiet_stdout as _quiet_stdout
 from synth.render.blender.scene_build import BuiltScene, build_scene, clear_scene
 from synth.render.regions import cover_boxes, mask_box, projected_regions
 from synth.render.scene_dir import RenderedScene
@@ -53,14 +52,23 @@ class BlenderRenderer:
     """Render SceneSpecs in this process's bpy. Create once per process (bpy state is global) and reuse.
 
     ``threads`` > 0 pins Cycles to that many threads (Ray workers use 1). ``mesh_provider`` maps an
-    AssetRef to its trimesh (default ``assets.shapes.build_mesh``).
+    AssetRef to its trimesh (default ``assets.shapes.build_mesh``). ``device``: ``"cpu"`` or ``"gpu"``
+    (``synth.render.blender.devices``; a UserError before anything renders when there is no GPU).
     """
 
-    def __init__(self, threads: int = 0, mesh_provider: Callable | None = None, quiet: bool = True) -> None:
+    def __init__(
+        self,
+        threads: int = 0,
+        mesh_provider: Callable | None = None,
+        quiet: bool = True,
+        device: str = "cpu",
+    ) -> None:
+        self.device = device
         self.threads = int(threads)
         self.mesh_provider = mesh_provider or _default_mesh_provider
         self.quiet = quiet
-        bpy.ops.wm.read_factory_settings(use_empty=True)
+        bpy.ops.wm.read_factory_settings(use_empty=True)  # also resets the preferences: select after it
+        self.device_name = devices.select_device(device)
         self.scene = bpy.context.scene
         self._pass_dir = tempfile.mkdtemp(prefix="cobl_blender_")
         self._engine: str | None = None
@@ -101,7 +109,7 @@ class BlenderRenderer:
             render.threads = threads
         if settings.engine == "CYCLES":
             cycles = scene.cycles
-            cycles.device = "CPU"
+            cycles.device = "GPU" if self.device == "gpu" else "CPU"
             cycles.samples = int(settings.samples)
             cycles.use_adaptive_sampling = False  # per-pixel sample counts would differ between passes
             cycles.use_denoising = bool(settings.denoise)
@@ -109,6 +117,7 @@ class BlenderRenderer:
                 cycles.denoiser = "OPENIMAGEDENOISE"
                 cycles.denoising_input_passes = "RGB_ALBEDO_NORMAL"
                 cycles.denoising_prefilter = "ACCURATE"
+                cycles.denoising_use_gpu = self.device == "gpu"
             cycles.seed = int(settings.seed)
             cycles.use_animated_seed = False
         else:
@@ -203,6 +212,7 @@ class BlenderRenderer:
             "exposure": 0.0,
             "gamma": 1.0,
             "blender": bpy.app.version_string,
+            "device": self.device_name,
             "layer_renders": layer_renders,
             "boxes": [mask_box(r) for r in regions],
             "background_renders": bg_renders,
@@ -334,21 +344,3 @@ def _assign(owner, name: str, value) -> None:
     for a depsgraph update that costs a few ms before the next render (comparable to a small border)."""
     if getattr(owner, name) != value:
         setattr(owner, name, value)
-
-
-@contextlib.contextmanager
-def _quiet_stdout(quiet: bool) -> Iterator[None]:
-    """Blender prints render progress on the C-level stdout; silence it during a render."""
-    if not quiet:
-        yield
-        return
-    sys.stdout.flush()
-    saved = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
