@@ -52,3 +52,12 @@ def test_broken_config_is_rejected() -> None:
     raw["not_a_field"] = 1
     with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(raw))
+
+
+def test_has_a_gpu_render_worker_type(prepared: dict) -> None:
+    """`cobl synth run --device gpu --worker-resource render_gpu`: actors asking for one GPU and one
+    render_gpu land on these nodes, one per GPU."""
+    types = prepared["available_node_types"]
+    gpu_render = [t for t in types.values() if t["resources"].get("render_gpu", 0) > 0]
+    assert gpu_render
+    assert all(t["resources"]["render_gpu"] <= t["resources"]["GPU"] for t in gpu_render)
