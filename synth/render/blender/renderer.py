@@ -316,7 +316,10 @@ def _known_from_photo(
 def _overhead_px(spec: SceneSpec) -> float:
     """The fixed cost of one compositor-free border render in pixels' worth of path tracing (measured 4-25
     ms a call at 16 spp on 2 busy cores, where a 256^2 frame takes 1-4 s; the per-pixel cost grows with
-    the sample count). The ratio in bench/bench_groundtruth.py barely moves between 100 and 1200."""
+    the sample count). The ratio in bench/bench_groundtruth.py barely moves between 100 and 1200. EEVEE
+    pays ~1 s a render whatever its size (software GL): one box per region there."""
+    if spec.render.engine != "CYCLES":
+        return float(spec.camera.width * spec.camera.height)
     return RENDER_OVERHEAD_PX * 16.0 / max(1, spec.render.samples)
 
 
