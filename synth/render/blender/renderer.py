@@ -2,7 +2,8 @@
 
 Per scene: one full-frame render of the photo (with the Depth and Object Index passes); amodal object
 renders (only that object visible to the camera, transparent film); clean background renders under the
-objects' footprints (the covering objects removed, the others camera-invisible; see _clean_background). Every render uses the same seed, samples and colour
+objects' footprints (the covering objects removed, the others camera-invisible; see _clean_background).
+Every render uses the same seed, samples and colour
 management: the same camera samples are traced in each, so the layers recomposite and a pixel whose samples
 all hit the same thing in two renders is bit-identical in both. That is what keeps the ground truth cheap
 (bench/bench_groundtruth.py): object renders cover only the pixels the photo does not already determine
