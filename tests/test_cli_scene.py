@@ -73,3 +73,32 @@ def test_scene_writes_every_file_and_skips_a_corrupt_mesh(cli, tmp_path, capsys)
     assert sorted(p.name for p in out.iterdir()) == sorted(schema.member_names(n))
     assert sheet.stat().st_size > 0
     assert doc["spec"]["camera"]["width"] == 48
+
+
+def _has_gpu() -> bool:
+    import subprocess
+
+    probe = subprocess.run(["sh", "-c", "command -v nvidia-smi && nvidia-smi -L"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(_has_gpu(), reason="this machine has a GPU: the failure mode is not reachable")
+@pytest.mark.parametrize("command", ["scene", "run"])
+def test_device_gpu_without_a_gpu_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, command):
+    out = tmp_path / "out"
+    if command == "scene":
+        argv = ["synth", "scene", "--resolution", "16", "--out", str(out), "--device", "gpu"]
+    else:
+        argv = ["synth", "run", "--scenes", "1", "--resolution", "16", "--out", str(out), "--device", "gpu"]
+    assert cobl.app.cli.main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("cobl: error: --device: gpu: Cycles found no GPU") and "\n" not in err, err
+    assert "OPTIX" in err and "CUDA" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_device_must_be_cpu_or_gpu(cli, tmp_path, capsys):
+    assert cli("--out", tmp_path / "scene", "--device", "tpu") == 2
+    assert capsys.readouterr().err.strip().startswith("cobl: error: --device:")
+    assert list(tmp_path.iterdir()) == []

@@ -67,3 +67,12 @@ def test_token_auth_is_on_and_the_dashboard_is_not_open(prepared: dict) -> None:
     token = {remote: local for remote, local in prepared["file_mounts"].items() if "auth_token" in remote}
     assert token == {"/home/ubuntu/.ray/auth_token": "~/.ray/auth_token"}
     assert not Path(next(iter(token.values()))).expanduser().resolve().is_relative_to(ROOT)
+
+
+def test_has_a_gpu_render_worker_type(prepared: dict) -> None:
+    """`cobl synth run --device gpu --worker-resource render_gpu`: actors asking for one GPU and one
+    render_gpu land on these nodes, one per GPU."""
+    types = prepared["available_node_types"]
+    gpu_render = [t for t in types.values() if t["resources"].get("render_gpu", 0) > 0]
+    assert gpu_render
+    assert all(t["resources"]["render_gpu"] <= t["resources"]["GPU"] for t in gpu_render)

@@ -21,6 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, default=128, help="square image size in pixels (default 128)")
     p.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel (default 16)")
     p.add_argument("--engine", default="CYCLES", help=f"one of {', '.join(RENDER_ENGINES)} (default CYCLES)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu or gpu: render on Cycles' GPU (OptiX, else CUDA); each worker then requests one GPU of "
+        "Ray. Part of the generation config (GPU pixels differ slightly from CPU ones)",
+    )
     p.add_argument("--seed", type=int, default=0, help="dataset seed; scene i uses scene_seed(SEED, i)")
     p.add_argument("--split", default="train=0.9,val=0.05,test=0.05", help="NAME=FRACTION,... summing to 1")
     p.add_argument("--shard-size", type=int, default=1000, help="scenes per shard (default 1000)")
@@ -133,6 +139,7 @@ def _run(args: argparse.Namespace) -> int:
             resolution=args.resolution,
             samples=args.samples,
             engine=args.engine,
+            device=args.device,
             splits=parse_splits(args.split),
             shard_size=args.shard_size,
             sampler_overrides=_sampler_overrides(args),
@@ -142,6 +149,11 @@ def _run(args: argparse.Namespace) -> int:
             raise UserError(err.detail, option="scenes") from None
         raise
     timeout = PLACEMENT_TIMEOUT_S if args.placement_timeout is None else args.placement_timeout
+    if config.device == "gpu" and args.address is None:
+        # A local Ray renders on this machine: without a GPU its workers would wait for one forever.
+        from synth.render.blender.devices import select_device
+
+        select_device("gpu")  # UserError (exit 2, one line) when Cycles finds none
     try:
         summary = run_generation(
             args.out,

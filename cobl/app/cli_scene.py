@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from cobl.core.errors import UserError
-from cobl.core.policy import RENDER_ENGINES
+from cobl.core.policy import RENDER_DEVICES, RENDER_ENGINES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hdri-dir", type=Path, default=None, help="HDRI environment maps to sample worlds from")
     p.add_argument("--texture-dir", type=Path, default=None, help="image textures to sample materials from")
     p.add_argument("--threads", type=int, default=0, help="Cycles threads (0 = all cores)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu or gpu (Cycles on OptiX, else CUDA; no GPU: exit 2, nothing written; default cpu)",
+    )
     p.add_argument(
         "--scenes", type=int, default=1, help="render N scenes into OUT/<scene_id>/ (default 1: OUT)"
     )
@@ -78,6 +83,8 @@ def sampler_config(args: argparse.Namespace):
         raise UserError(f"--seed: {args.seed} should be >= 0")
     if args.threads < 0:
         raise UserError(f"--threads: {args.threads} should be >= 0")
+    if args.device not in RENDER_DEVICES:
+        raise UserError(f"--device: {args.device!r} should be one of {', '.join(RENDER_DEVICES)}")
     kwargs = dict(
         width=args.resolution,
         height=args.resolution,
@@ -119,20 +126,19 @@ def _scene(args: argparse.Namespace) -> int:
         raise UserError(f"--out: {args.out} exists and is not a directory")
     _report_skipped_assets(config.assets_dir)
 
-    from synth.scene.sampler import SamplingError, sample_scene
-
-    seeds = [args.seed + i for i in range(args.scenes)]
-    try:
-        specs = [sample_scene(seed, config) for seed in seeds]
-    except SamplingError as err:
-        raise UserError(f"scene sampling (seed {args.seed}): {err}") from None
-    specs = [spec.with_render(threads=args.threads) for spec in specs]
-
     from synth.render.blender.renderer import BlenderRenderer
     from synth.render.scene_dir import write_scene_dir
+    from synth.scene.sampler import SamplingError, sample_scene
 
     rendered = []
-    with BlenderRenderer(threads=args.threads) as renderer:
+    # The renderer first: it selects the device, and a missing GPU stops here, before anything is written.
+    with BlenderRenderer(threads=args.threads, device=args.device) as renderer:
+        seeds = [args.seed + i for i in range(args.scenes)]
+        try:
+            specs = [sample_scene(seed, config) for seed in seeds]
+        except SamplingError as err:
+            raise UserError(f"scene sampling (seed {args.seed}): {err}") from None
+        specs = [spec.with_render(threads=args.threads) for spec in specs]
         for spec in specs:
             scene = renderer.render(spec)
             rendered.append(scene)

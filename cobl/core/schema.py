@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 RGB = "rgb.png"  # composite photo, 8-bit sRGB RGB, Standard view transform
-BACKGROUND = "bg.png"  # table + world, objects camera-invisible (their shadows stay), 8-bit sRGB RGB
+BACKGROUND = "bg.png"  # table + world without the objects (clean under them, shadows around them), sRGB RGB
 IDS = "ids.png"  # modal instance map, 8-bit grey: 0 = background, k + 1 = layer k
 DEPTH = "depth.npy"  # float32 [H, W] camera-space depth in metres along the view axis, 0 = no hit
 SCENE = "scene.json"  # the SceneSpec plus derived ground truth (see synth.groundtruth)
@@ -19,7 +19,11 @@ LAYER_PATTERN = re.compile(r"^layer_(\d{2})\.png$")  # straight-alpha RGBA, laye
 # Human-readable schema for the dataset card: member -> (dtype/format, meaning).
 MEMBER_DOCS: dict[str, tuple[str, str]] = {
     RGB: ("PNG, uint8 RGB, sRGB", "the rendered photo"),
-    BACKGROUND: ("PNG, uint8 RGB, sRGB", "table and world without the objects, their shadows kept"),
+    BACKGROUND: (
+        "PNG, uint8 RGB, sRGB",
+        "table and world without the objects: under each object the table as if it were absent, its shadows "
+        "around it kept",
+    ),
     "layer_XX.png": (
         "PNG, uint8 RGBA, straight alpha",
         "amodal object layer XX (00 = frontmost); fully transparent when the slot is empty",

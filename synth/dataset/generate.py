@@ -277,7 +277,12 @@ def run_generation(
     # max_restarts=0: a dead actor is replaced here, not by Ray (whose restart waits, without bound, for a
     # slot on a node that may be gone), so its scenes can go to the live workers at once.
     actor_cls = ray.remote(RenderWorker).options(
-        num_cpus=1, resources=resources, max_restarts=0, max_task_retries=0, max_concurrency=1
+        num_cpus=1,
+        num_gpus=1 if config.device == "gpu" else 0,  # one GPU per Blender: Cycles uses all of a GPU
+        resources=resources,
+        max_restarts=0,
+        max_task_retries=0,
+        max_concurrency=1,
     )
     threads = threads_per_worker if threads_per_worker is not None else (1 if workers > 1 else 0)
     cfg_dict = config.to_dict()

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cobl.core.errors import UserError
-from cobl.core.policy import RENDER_ENGINES
+from cobl.core.policy import RENDER_DEVICES, RENDER_ENGINES
 from synth.dataset import shards as shardlib
 
 DEFAULT_SPLITS = {"train": 0.9, "val": 0.05, "test": 0.05}
@@ -108,13 +108,19 @@ def plan_shards(num_scenes: int, splits: dict[str, float], shard_size: int) -> l
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """Everything that determines the dataset's bytes (workers and cluster address do not)."""
+    """Everything that determines the dataset's bytes (workers and cluster address do not).
+
+    ``device`` is part of it: Cycles on a GPU traces the same scene to slightly different pixels than on
+    the CPU (another floating-point path), so a dataset is rendered on one device throughout and a resumed
+    job must use the same one. Manifests written before it existed were rendered on the CPU (the default).
+    """
 
     num_scenes: int
     seed: int = 0
     resolution: int = 128
     samples: int = 16
     engine: str = "CYCLES"
+    device: str = "cpu"
     splits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SPLITS))
     shard_size: int = 1000
     sampler: dict[str, Any] = field(default_factory=dict)  # every SamplerConfig field
@@ -154,6 +160,7 @@ def make_config(
     resolution: int = 128,
     samples: int = 16,
     engine: str = "CYCLES",
+    device: str = "cpu",
     splits: dict[str, float] | None = None,
     shard_size: int = 1000,
     sampler_overrides: dict[str, Any] | None = None,
@@ -171,6 +178,8 @@ def make_config(
             raise UserError(f"{value} should be >= {lo}", option=name)
     if engine not in RENDER_ENGINES:
         raise UserError(f"{engine!r} should be one of {', '.join(RENDER_ENGINES)}", option="engine")
+    if device not in RENDER_DEVICES:
+        raise UserError(f"{device!r} should be one of {', '.join(RENDER_DEVICES)}", option="device")
     overrides = dict(sampler_overrides or {})
     # the image and render settings live in the sampler config, which builds the spec's camera and render
     overrides.update(width=resolution, height=resolution, samples=samples, engine=engine)
@@ -185,6 +194,7 @@ def make_config(
         resolution=resolution,
         samples=samples,
         engine=engine,
+        device=device,
         splits=dict(splits or DEFAULT_SPLITS),
         shard_size=shard_size,
         sampler=_jsonable(dataclasses.asdict(sampler)),

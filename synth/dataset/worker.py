@@ -74,7 +74,7 @@ class RenderWorker:
 
         self.config = GenerationConfig.from_dict(config)
         self.threads = threads
-        self.renderer = BlenderRenderer(threads=threads)
+        self.renderer = BlenderRenderer(threads=threads, device=self.config.device)
         self.count = 0
 
     def pid(self) -> int:

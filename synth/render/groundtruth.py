@@ -20,7 +20,7 @@ from cobl.core.camera import project_points, recorded_matrices
 from cobl.core.groundtruth import CameraTruth, GroundTruth, ObjectTruth, OcclusionEdge
 from cobl.core.images import psnr
 from cobl.core.layers import ALPHA_CHANNEL, EMPTY_RGB, composite, modal_ids, to_channels_first
-from cobl.core.policy import ALPHA_THRESHOLD
+from cobl.core.policy import ALPHA_THRESHOLD, BACKGROUND_SLACK
 from cobl.core.spec import SceneSpec
 from synth.render.regions import mask_box
 from synth.render.scene_dir import RenderedScene
@@ -111,7 +111,8 @@ def assemble(
 ) -> RenderedScene:
     """Encode the files of one scene and derive its ground truth.
 
-    ``photo``/``background``: linear RGBA [H, W, 4]; ``object_renders[i]``: premultiplied linear RGBA of
+    ``photo``/``background``: linear RGBA [H, W, 4] (the background: the table as the file should show it
+    where the layers hide it, see :func:`fit_background`); ``object_renders[i]``: premultiplied linear RGBA of
     ``spec.objects[i]`` alone (amodal); ``index_pass``: Blender pass_index per pixel; ``depth_pass``:
     view-axis depth, huge where nothing was hit.
     """
@@ -137,7 +138,7 @@ def assemble(
     ids = spec_to_layer[modal_spec].astype(np.uint8)
     layers = [layers_spec[i] for i in order]
     rgb8 = srgb_encode(photo[..., :3])
-    bg8 = srgb_encode(background[..., :3])
+    bg8 = fit_background(layers, rgb8, srgb_encode(background[..., :3]))
     depth = np.where(depth_pass < NO_HIT_DEPTH, depth_pass, 0.0).astype(np.float32)
 
     recomposed = recomposite(layers, bg8)
@@ -198,6 +199,32 @@ def assemble(
     return RenderedScene(scene_id=spec.scene_id, files=files, ground_truth=ground_truth)
 
 
+def fit_background(layers8: list[np.ndarray], photo8: np.ndarray, prior8: np.ndarray) -> np.ndarray:
+    """bg.png: the background closest to ``prior8`` (the clean table) for which the layers (8-bit straight
+    RGBA, front first) composited over it stay within ``BACKGROUND_SLACK`` of the photo at every pixel.
+
+    The composite is affine in the background, ``F + T * bg`` with ``T`` the layers' transmittance. Where an
+    opaque layer covers a pixel (T = 0) the background is free and takes the prior; where nothing covers it
+    (T = 1) it is the photo; at fractional alpha (antialiased edges, T in (0, 1)) it is the prior clamped to
+    ``[(photo - F - s) / T, (photo - F + s) / T]``, the widest range that keeps the identity, so edges keep
+    what the photo shows through them and the inside of a footprint is the table without the object.
+    """
+    if not layers8:
+        return np.asarray(photo8)[..., :3].copy()
+    stack = to_channels_first(np.stack(layers8).astype(np.float64) / 255.0)
+    height, width = photo8.shape[:2]
+    front = composite(stack, np.zeros((3, height, width)))
+    transmit = composite(stack, np.ones((3, height, width))) - front
+    photo = to_channels_first(np.asarray(photo8)[..., :3].astype(np.float64) / 255.0)
+    prior = to_channels_first(np.asarray(prior8)[..., :3].astype(np.float64) / 255.0)
+    visible = transmit > 1e-9
+    safe = np.where(visible, transmit, 1.0)
+    lo = np.where(visible, (photo - front - BACKGROUND_SLACK) / safe, -np.inf)
+    hi = np.where(visible, (photo - front + BACKGROUND_SLACK) / safe, np.inf)
+    bg = np.clip(np.clip(prior, lo, hi), 0.0, 1.0)
+    return np.round(np.moveaxis(bg, 0, -1) * 255.0).astype(np.uint8)
+
+
 def scene_json(spec: SceneSpec, ground_truth: GroundTruth) -> bytes:
     """scene.json: ``{"spec": SceneSpec.to_dict(), "ground_truth": GroundTruth.to_dict()}``, keys sorted
     (byte-stable)."""
@@ -207,3 +234,24 @@ def scene_json(spec: SceneSpec, ground_truth: GroundTruth) -> bytes:
 
 def _box(box: list[int] | None) -> tuple[int, int, int, int] | None:
     return None if box is None else (box[0], box[1], box[2], box[3])
+
+
+DARK_FRACTION = 0.15  # a footprint pixel is a "black blob" below this fraction of the table nearby
+RING_PX = (2, 8)  # the ring of table just around the objects: between these distances (pixels)
+
+
+def footprint_dark_fraction(background8: np.ndarray, amodal: np.ndarray) -> float:
+    """Fraction of background pixels under the objects' amodal masks (``amodal [N, H, W]`` bool, union) that
+    are near-black: darker than ``DARK_FRACTION`` of the median brightness of the background in a ring just
+    around the objects (table seen in the photo, so its brightness is what the table looks like there).
+    Brightness: the mean of the 8-bit channels. 0.0 when no object covers a pixel."""
+    from scipy import ndimage
+
+    under = np.asarray(amodal, dtype=bool).any(axis=0) if np.ndim(amodal) == 3 else np.asarray(amodal, bool)
+    if not under.any():
+        return 0.0
+    brightness = np.asarray(background8, dtype=np.float64)[..., :3].mean(axis=-1)
+    inner = ndimage.binary_dilation(under, iterations=RING_PX[0])
+    ring = ndimage.binary_dilation(under, iterations=RING_PX[1]) & ~inner
+    reference = float(np.median(brightness[ring])) if ring.any() else float(np.median(brightness))
+    return float(np.mean(brightness[under] < DARK_FRACTION * reference))

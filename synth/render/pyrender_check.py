@@ -1,5 +1,8 @@
 """An independent rasteriser for the same SceneSpec (pyrender, OpenGL via EGL): per-object amodal masks and
-depth. Comparing them with Blender's layers catches camera, pose and scale convention errors."""
+depth. Comparing them with Blender's layers catches camera, pose and scale convention errors.
+
+Both sample each pixel at its centre with the same K (no offset on either side), so a half-pixel error in
+either renderer's camera shows as an IoU loss in tests/test_render.py."""
 
 from __future__ import annotations
 
@@ -27,19 +30,24 @@ def render_amodal(
         meshes = [build_mesh(o.asset) for o in spec.objects]
     cam = spec.camera
     (fx, _, cx), (_, fy, cy), _ = cam.intrinsics()
-    # pyrender's rasterised masks sit half a pixel higher than exact pixel-centre ray casts of the same K
-    # (synth.geometry.raycast_masks agrees with Blender; measured dy ~0.4 px, IoU 0.93 -> 0.98 at 128^2 when
-    # corrected), so its principal point is moved down by half a pixel.
-    camera = pyrender.IntrinsicsCamera(fx=fx, fy=fy, cx=cx, cy=cy + 0.5, znear=0.01, zfar=100.0)
+    camera = pyrender.IntrinsicsCamera(fx=fx, fy=fy, cx=cx, cy=cy, znear=0.01, zfar=100.0)
     pose = np.asarray(cam.cam_to_world, dtype=np.float64)  # same OpenGL convention as the spec
     renderer = pyrender.OffscreenRenderer(cam.width, cam.height)
     try:
         depths = np.zeros((len(spec.objects), cam.height, cam.width), dtype=np.float32)
         for i, (obj, mesh) in enumerate(zip(spec.objects, meshes, strict=True)):
             scene = pyrender.Scene()
-            scene.add(pyrender.Mesh.from_trimesh(mesh, smooth=False), pose=np.asarray(object_to_world(obj)))
+            node = scene.add(
+                pyrender.Mesh.from_trimesh(mesh, smooth=False), pose=np.asarray(object_to_world(obj))
+            )
             scene.add(camera, pose=pose)
-            depths[i] = renderer.render(scene, flags=pyrender.RenderFlags.DEPTH_ONLY)
+            # SEG, not DEPTH_ONLY: pyrender draws into a 4x multisampled framebuffer and resolves depth with
+            # a nearest blit, i.e. reads ONE sample per pixel, at that sample's off-centre position (~0.4 px
+            # off in y). SEG renders with GL_MULTISAMPLE disabled: every sample then takes the pixel-centre
+            # coverage, the convention of cobl.core.camera and of Blender.
+            _, depths[i] = renderer.render(
+                scene, flags=pyrender.RenderFlags.SEG, seg_node_map={node: (255, 255, 255)}
+            )
     finally:
         renderer.delete()
     return depths > 0, depths

@@ -1,8 +1,9 @@
 """BlenderRenderer: a long-lived bpy session that turns a SceneSpec into a RenderedScene.
 
 Per scene: one full-frame render of the photo (with the Depth and Object Index passes); amodal object
-renders (only that object visible to the camera, transparent film); background renders (every object
-invisible to the camera only, so shadows stay). Every render uses the same seed, samples and colour
+renders (only that object visible to the camera, transparent film); clean background renders under the
+objects' footprints (the covering objects removed, the others camera-invisible; see _clean_background).
+Every render uses the same seed, samples and colour
 management: the same camera samples are traced in each, so the layers recomposite and a pixel whose samples
 all hit the same thing in two renders is bit-identical in both. That is what keeps the ground truth cheap
 (bench/bench_groundtruth.py): object renders cover only the pixels the photo does not already determine
@@ -13,13 +14,11 @@ cropped, without the compositor), rectangles chosen by ``synth.render.regions``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import bpy
 import numpy as np
@@ -29,7 +28,8 @@ from cobl.core.layers import ALPHA_CHANNEL
 from cobl.core.policy import RENDER_ENGINES
 from cobl.core.spec import RenderSettings, SceneSpec
 from synth.render import groundtruth
-from synth.render.blender import passes
+from synth.render.blender import devices, passes
+from synth.render.blender.quiet import quiet_stdout as _quiet_stdout
 from synth.render.blender.scene_build import BuiltScene, build_scene, clear_scene
 from synth.render.regions import cover_boxes, mask_box, projected_regions
 from synth.render.scene_dir import RenderedScene
@@ -53,14 +53,23 @@ class BlenderRenderer:
     """Render SceneSpecs in this process's bpy. Create once per process (bpy state is global) and reuse.
 
     ``threads`` > 0 pins Cycles to that many threads (Ray workers use 1). ``mesh_provider`` maps an
-    AssetRef to its trimesh (default ``assets.shapes.build_mesh``).
+    AssetRef to its trimesh (default ``assets.shapes.build_mesh``). ``device``: ``"cpu"`` or ``"gpu"``
+    (``synth.render.blender.devices``; a UserError before anything renders when there is no GPU).
     """
 
-    def __init__(self, threads: int = 0, mesh_provider: Callable | None = None, quiet: bool = True) -> None:
+    def __init__(
+        self,
+        threads: int = 0,
+        mesh_provider: Callable | None = None,
+        quiet: bool = True,
+        device: str = "cpu",
+    ) -> None:
+        self.device = device
         self.threads = int(threads)
         self.mesh_provider = mesh_provider or _default_mesh_provider
         self.quiet = quiet
-        bpy.ops.wm.read_factory_settings(use_empty=True)
+        bpy.ops.wm.read_factory_settings(use_empty=True)  # also resets the preferences: select after it
+        self.device_name = devices.select_device(device)
         self.scene = bpy.context.scene
         self._pass_dir = tempfile.mkdtemp(prefix="cobl_blender_")
         self._engine: str | None = None
@@ -101,10 +110,15 @@ class BlenderRenderer:
             render.threads = threads
         if settings.engine == "CYCLES":
             cycles = scene.cycles
-            cycles.device = "CPU"
+            cycles.device = "GPU" if self.device == "gpu" else "CPU"
             cycles.samples = int(settings.samples)
             cycles.use_adaptive_sampling = False  # per-pixel sample counts would differ between passes
             cycles.use_denoising = bool(settings.denoise)
+            if settings.denoise:  # named explicitly: the defaults could change between Blender versions
+                cycles.denoiser = "OPENIMAGEDENOISE"
+                cycles.denoising_input_passes = "RGB_ALBEDO_NORMAL"
+                cycles.denoising_prefilter = "ACCURATE"
+                cycles.denoising_use_gpu = self.device == "gpu"
             cycles.seed = int(settings.seed)
             cycles.use_animated_seed = False
         else:
@@ -185,15 +199,7 @@ class BlenderRenderer:
         timings["layers"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        background = photo["rgba"].copy()
-        bg_boxes = cover_boxes(
-            _background_needed(object_renders, spec.render, (height, width)), _overhead_px(spec)
-        )
-        if bg_boxes:
-            _camera_visible(built, table=True, objects=set())
-        for box in bg_boxes:
-            x0, y0, x1, y1 = box
-            background[y0:y1, x0:x1] = self._render_rgba(box, transparent=False)
+        clean, bg_renders = self._clean_background(built, spec, photo["rgba"], object_renders)
         timings["background"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -207,20 +213,58 @@ class BlenderRenderer:
             "exposure": 0.0,
             "gamma": 1.0,
             "blender": bpy.app.version_string,
+            "device": self.device_name,
             "layer_renders": layer_renders,
             "boxes": [mask_box(r) for r in regions],
-            "background_renders": len(bg_boxes),
+            "background_renders": bg_renders,
+            "background": "clean",
         }
         index_pass, depth_pass = photo.get("index"), photo["depth"]
         if spec.render.engine != "CYCLES":
             index_pass = self._workbench_ids(built, spec.render)
         result = groundtruth.assemble(
-            spec, photo["rgba"], background, object_renders, index_pass, depth_pass, info
+            spec, photo["rgba"], clean, object_renders, index_pass, depth_pass, info
         )
         timings["assemble"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         self.last_timings = timings
         return result
+
+    def _clean_background(
+        self, built: BuiltScene, spec: SceneSpec, photo: np.ndarray, object_renders: list[np.ndarray]
+    ) -> tuple[np.ndarray, int]:
+        """The table as if the objects were absent, wherever some object's amodal render covers it (the
+        photo elsewhere): ([H, W, 4] linear, number of border renders). A pixel covered by the objects S is
+        rendered with exactly S removed from the scene (``hide_render``: no shadow, no bounce light), the
+        other objects camera-invisible but casting shadows, so a shadow one object casts under another's
+        footprint stays. One set of border renders per distinct S. ``groundtruth.assemble`` then keeps the
+        compositing identity where the layers leave some of the background visible (fractional alpha)."""
+        covers = _background_needed(object_renders, spec.render)
+        clean = photo.copy()
+        if not covers:
+            return clean, 0
+        stacked = np.stack(covers)  # [N, H, W]
+        pixels = np.nonzero(stacked.any(axis=0))
+        sets, inverse = np.unique(stacked[:, pixels[0], pixels[1]].T, axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        renders = 0
+        try:
+            for k, members in enumerate(sets):
+                region = np.zeros(photo.shape[:2], dtype=bool)
+                region[pixels[0][inverse == k], pixels[1][inverse == k]] = True
+                _camera_visible(built, table=True, objects=set())
+                for obj, absent in zip(built.objects, members, strict=True):
+                    _assign(obj, "hide_render", bool(absent))
+                for box in cover_boxes(region, _overhead_px(spec)):
+                    x0, y0, x1, y1 = box
+                    rgba = self._render_rgba(box, transparent=False)
+                    inside = region[y0:y1, x0:x1]
+                    clean[y0:y1, x0:x1][inside] = rgba[inside]
+                    renders += 1
+        finally:
+            for obj in built.objects:
+                _assign(obj, "hide_render", False)
+        return clean, renders
 
     def _workbench_ids(self, built: BuiltScene, settings: RenderSettings) -> np.ndarray:
         """EEVEE has no Object Index pass: an exact flat-colour Workbench render carries pass_index / 255."""
@@ -273,23 +317,23 @@ def _known_from_photo(
 def _overhead_px(spec: SceneSpec) -> float:
     """The fixed cost of one compositor-free border render in pixels' worth of path tracing (measured 4-25
     ms a call at 16 spp on 2 busy cores, where a 256^2 frame takes 1-4 s; the per-pixel cost grows with
-    the sample count). The ratio in bench/bench_groundtruth.py barely moves between 100 and 1200."""
+    the sample count). The ratio in bench/bench_groundtruth.py barely moves between 100 and 1200. EEVEE
+    pays ~1 s a render whatever its size (software GL): one box per region there."""
+    if spec.render.engine != "CYCLES":
+        return float(spec.camera.width * spec.camera.height)
     return RENDER_OVERHEAD_PX * 16.0 / max(1, spec.render.samples)
 
 
-def _background_needed(
-    object_renders: list[np.ndarray], settings: RenderSettings, shape: tuple[int, int]
-) -> np.ndarray:
-    """Where the background must be rendered: under every object's amodal coverage (alpha > 0). Elsewhere
-    no camera sample hits an object, so the background equals the photo (same seed, same samples). The
-    denoiser (and EEVEE's screen-space effects) spread objects into nearby pixels: then grow the region."""
-    needed = np.zeros(shape, dtype=bool)
-    for rgba in object_renders:
-        needed |= rgba[..., ALPHA_CHANNEL] > 0
+def _background_needed(object_renders: list[np.ndarray], settings: RenderSettings) -> list[np.ndarray]:
+    """Per object, where the clean background must be rendered because of it: its amodal coverage (alpha
+    > 0). Elsewhere no camera sample hits an object, so the background is the photo (same seed, same
+    samples). The denoiser (and EEVEE's screen-space effects) spread objects into nearby pixels: then grow
+    each region."""
+    needed = [rgba[..., ALPHA_CHANNEL] > 0 for rgba in object_renders]
     if settings.denoise or settings.engine != "CYCLES":
         from scipy import ndimage
 
-        needed = ndimage.binary_dilation(needed, iterations=DENOISE_REACH)
+        needed = [ndimage.binary_dilation(m, iterations=DENOISE_REACH) if m.any() else m for m in needed]
     return needed
 
 
@@ -304,21 +348,3 @@ def _assign(owner, name: str, value) -> None:
     for a depsgraph update that costs a few ms before the next render (comparable to a small border)."""
     if getattr(owner, name) != value:
         setattr(owner, name, value)
-
-
-@contextlib.contextmanager
-def _quiet_stdout(quiet: bool) -> Iterator[None]:
-    """Blender prints render progress on the C-level stdout; silence it during a render."""
-    if not quiet:
-        yield
-        return
-    sys.stdout.flush()
-    saved = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
