@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cobl.core.camera import look_at_quaternion
-from cobl.core.policy import HDR_SUFFIXES
-from cobl.core.spec import LightSpec, Vec3, WorldSpec
+from core.camera import look_at_quaternion
+from core.policy import HDR_SUFFIXES
+from core.spec import LightSpec, Vec3, WorldSpec
 
 # Total irradiance (W/m^2) the area lights put on the table centre; the key light gets the largest share.
 AREA_IRRADIANCE = (4.5, 8.0)

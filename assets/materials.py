@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cobl.core.policy import HDR_SUFFIXES, IMAGE_SUFFIXES
-from cobl.core.spec import MaterialSpec, Vec3
+from core.policy import HDR_SUFFIXES, IMAGE_SUFFIXES
+from core.spec import MaterialSpec, Vec3
 
 TEXTURE_SUFFIXES = IMAGE_SUFFIXES + HDR_SUFFIXES  # Blender's image texture node reads HDR files too
 

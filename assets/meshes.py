@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from cobl.core.errors import UserError
-from cobl.core.spec import AssetRef
+from core.errors import UserError
+from core.spec import AssetRef
 
 MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl")
 

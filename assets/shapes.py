@@ -23,7 +23,7 @@ import numpy as np
 import trimesh
 from scipy.interpolate import PchipInterpolator
 
-from cobl.core.spec import AssetRef
+from core.spec import AssetRef
 
 FAMILIES: tuple[str, ...] = (
     "box",

@@ -48,7 +48,7 @@ def synth_cmd(out: Path, scenes: int, resolution: int, samples: int, *extra: str
     return [
         sys.executable,
         "-m",
-        "cobl.app.cli",
+        "app.cli",
         "synth",
         "run",
         "--out",

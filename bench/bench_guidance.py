@@ -15,8 +15,8 @@ import time
 import torch
 from diffusers import DDIMScheduler
 
-from cobl.model.configs import tiny_config
-from cobl.model.factory import build
+from cobl.configs import tiny_config
+from cobl.factory import build
 from infer.pipeline import CObLPipeline
 
 

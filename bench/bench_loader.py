@@ -32,7 +32,7 @@ def _raw_rate(urls: list[str]) -> tuple[float, int, int]:
 
 
 def _loader_rate(urls: list[str], args: argparse.Namespace, ids: bool) -> tuple[float, int]:
-    from cobl.model.data import batches, make_dataset, make_loader
+    from cobl.data import batches, make_dataset, make_loader
 
     ds = make_dataset(
         urls, args.num_objects, args.resolution, shuffle=True, seed=0, epochs=1, ids=ids, depth=args.depth
@@ -64,7 +64,7 @@ def main() -> None:
 
     import torch
 
-    from cobl.model.data import expand_urls
+    from cobl.data import expand_urls
 
     torch.set_num_threads(1)
     tmp = None

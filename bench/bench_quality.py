@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from cobl.core.images import psnr
+from core.images import psnr
 from synth.scene.sampler import SamplerConfig, sample_scene
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
 
-    from cobl.core import schema
+    from core import schema
     from synth.render.blender.renderer import BlenderRenderer
 
     config = SamplerConfig(

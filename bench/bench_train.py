@@ -21,8 +21,8 @@ def _measure(variant: str, args: dict, queue) -> None:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from cobl.model.configs import get_config
-    from cobl.model.factory import build
+    from cobl.configs import get_config
+    from cobl.factory import build
 
     torch.set_num_threads(args["threads"])
     torch.manual_seed(0)

@@ -17,8 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
-from cobl.app.cli import main as cobl
-from cobl.model.configs import tiny_config, tiny_unet_kwargs
+from app.cli import main as cobl
+from cobl.configs import tiny_config, tiny_unet_kwargs
 
 SCORED_SPLITS = ("train", "val")  # never "test": that split is the demo's one held-out evaluation
 COLUMNS = (  # (summary key, short name in results.jsonl)

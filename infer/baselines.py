@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from cobl.core.layers import ALPHA_CHANNEL, EMPTY_RGB, modal_ids
-from cobl.core.policy import ALPHA_THRESHOLD
+from core.layers import ALPHA_CHANNEL, EMPTY_RGB, modal_ids
+from core.policy import ALPHA_THRESHOLD
 
 
 def visible_only_layers(

@@ -5,7 +5,7 @@ The model is loaded through transformers' own ``pipeline("depth-estimation", mod
 the folder must exist), so any architecture transformers maps to depth estimation works. Relative models (DPT,
 Depth Anything's default) output relative inverse depth, larger = nearer; metric ones
 (``config.depth_estimation_type == "metric"``, ZoeDepth) output metres. Either way the result is the
-condition's convention (``cobl.model.depth``): relative inverse depth in [0, 1], 1 = nearest, at the photo's
+condition's convention (``cobl.depth``): relative inverse depth in [0, 1], 1 = nearest, at the photo's
 size.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cobl.core.errors import UserError
-from cobl.model.depth import relative_disparity
+from cobl.depth import relative_disparity
+from core.errors import UserError
 
 METRIC_MODEL_TYPES = ("zoedepth",)
 

@@ -6,7 +6,7 @@ noise (seeded by the scene key), so their difference is the guidance alone. Grou
 (for the occluded / unoccluded split) are computed from the true alphas with ``cobl.layers.visible_weights``.
 
 Depth: a depth-conditioned model gets the depth it was trained on (its config's ``depth_source``: the
-renderer's exact depth, an oracle input, or the simulated monocular estimate, ``cobl.model.depth``) unless
+renderer's exact depth, an oracle input, or the simulated monocular estimate, ``cobl.depth``) unless
 ``depth_source`` overrides it, or a real estimator (``infer.depth_estimation.DepthEstimator``) is run on each
 photo; ``settings.depth_source`` in the result says which.
 """
@@ -20,9 +20,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cobl.core.errors import UserError
-from cobl.core.policy import MIN_OBJECT_AREA
-from cobl.model.batch import Sample
+from cobl.batch import Sample
+from core.errors import UserError
+from core.policy import MIN_OBJECT_AREA
 from infer.baselines import visible_only_layers
 from infer.metrics import evaluate_scene, summarize
 from infer.pipeline import CObLPipeline, decompose
@@ -55,7 +55,7 @@ def evaluate(
     (``num_inference_steps``, ``guidance_scale``, ``min_area``, ...). ``depth_source`` overrides the model's
     own (``model_depth_source``); ``depth_estimator`` (photo -> [H, W] relative depth) replaces the shard's
     depth altogether. ``settings`` in the result records the depth source and the small-object rule."""
-    from cobl.model.data import make_dataset, sample_seed
+    from cobl.data import make_dataset, sample_seed
 
     source = model_depth_source(pipe) if depth_source is None else depth_source
     if not pipe.uses_depth:

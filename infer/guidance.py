@@ -38,10 +38,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from cobl.core.layers import ALPHA_CHANNEL, composite
-from cobl.core.policy import MIN_OBJECT_AREA
-from cobl.model.parametrization import per_sample
-from cobl.model.slots import occupied_slots, slot_orders
+from cobl.parametrization import per_sample
+from cobl.slots import occupied_slots, slot_orders
+from core.layers import ALPHA_CHANNEL, composite
+from core.policy import MIN_OBJECT_AREA
 from infer.settings import MODES, SCHEDULES, GuidanceConfig
 
 SEARCH_RESOLUTION = 64  # the order search compares composites at most this big (area-averaged): ranking only
@@ -113,7 +113,7 @@ def best_slot_order(
 ) -> torch.Tensor:
     """Per sample, the permutation ``[B, K]`` of object slots whose composite best matches the photo.
 
-    Occupied slots (``cobl.model.slots.occupied_slots``) are tried in every order (``slot_orders``: up to
+    Occupied slots (``cobl.slots.occupied_slots``) are tried in every order (``slot_orders``: up to
     ``MAX_ORDER_SEARCH_SLOTS`` of them, else kept as they are) and put first; empty slots follow in their old
     order.
     The current order wins ties, so a converged stack is left alone. Images larger than ``SEARCH_RESOLUTION``

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from cobl.core import schema
-from cobl.core.atomic import atomic_path
-from cobl.core.errors import UserError
-from cobl.core.images import over_checkerboard, to_uint8
-from cobl.core.layers import composite
-from cobl.core.policy import IMAGE_SUFFIXES
+from core import schema
+from core.atomic import atomic_path
+from core.errors import UserError
+from core.images import over_checkerboard, to_uint8
+from core.layers import composite
+from core.policy import IMAGE_SUFFIXES
 
 RECOMPOSITION = "recomposition.png"
 ORDER = "order.json"

@@ -7,7 +7,7 @@ Definitions (the ones the report's table documents):
   * Masks are alphas above ``ALPHA_THRESHOLD``. Ground-truth slots with an empty mask are absent objects.
   * Matching: Hungarian assignment (scipy) maximising amodal-mask IoU; pairs with IoU 0 are not matches.
   * Small-object rule, the same for every method: a predicted layer counts only when its alpha mass exceeds
-    ``MIN_OBJECT_AREA`` of the image (the pipeline's own object-discovery rule, ``cobl.core.policy``); smaller
+    ``MIN_OBJECT_AREA`` of the image (the pipeline's own object-discovery rule, ``core.policy``); smaller
     predicted layers are dropped before matching. True objects of any size are scored (``small_objects``
     counts those under the rule, which no method can report).
   * ``amodal_miou``: mean IoU over TRUE objects, an unmatched true object counts 0 (extra predicted layers are
@@ -32,7 +32,7 @@ Definitions (the ones the report's table documents):
   * ``order_accuracy``: over pairs of matched true objects whose true amodal masks overlap (so one hides the
     other), the fraction whose predicted slots are in the same front/back order.
   * ``count_accuracy``: 1 when the number of predicted layers equals the number of true objects.
-PSNRs (cobl.core.images.psnr) are capped at ``PSNR_CAP_DB`` so a perfect prediction gives a finite number.
+PSNRs (core.images.psnr) are capped at ``PSNR_CAP_DB`` so a perfect prediction gives a finite number.
 
 ``summarize`` pools the scenes and adds, for the metrics in ``CI_METRICS``, ``<name>_ci = [low, high]``: a
 95 % percentile bootstrap over SCENES (seeded numpy, ``BOOTSTRAP_RESAMPLES`` resamples), each resample
@@ -52,10 +52,10 @@ from scipy.optimize import linear_sum_assignment
 from torchmetrics.functional.clustering import adjusted_rand_score
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from cobl.core import policy
-from cobl.core.images import psnr
-from cobl.core.layers import ALPHA_CHANNEL, EMPTY_RGB, composite, modal_ids, visible_weights
-from cobl.core.policy import ALPHA_THRESHOLD
+from core import policy
+from core.images import psnr
+from core.layers import ALPHA_CHANNEL, EMPTY_RGB, composite, modal_ids, visible_weights
+from core.policy import ALPHA_THRESHOLD
 
 OCCLUDED_BELOW = 0.95
 BOOTSTRAP_RESAMPLES = 2000
@@ -182,7 +182,7 @@ def _mean(values: list[float]) -> float | None:
 
 def keep_large(pred_layers: Any, min_area: float = policy.MIN_OBJECT_AREA) -> np.ndarray:
     """The predicted layers ``[P, 4, H, W]`` the small-object rule keeps: alpha mass above ``min_area`` of the
-    image (the same test as ``cobl.model.slots.occupied_slots``)."""
+    image (the same test as ``cobl.slots.occupied_slots``)."""
     pred = _np(pred_layers)
     if len(pred) == 0:
         return pred

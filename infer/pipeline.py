@@ -17,7 +17,7 @@ and the demo read) is this pipeline's diffusers layout, written by ``save_pretra
 
 The codec object is rebuilt from ``codec_kind``/``codec_factor`` (and the ``vae`` component). ``CObLModel``
 lives outside diffusers, so its module must be imported before loading: this module imports it, which is
-what diffusers' loader looks up (``sys.modules['cobl.model.network']``).
+what diffusers' loader looks up (``sys.modules['cobl.network']``).
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolver
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from cobl.core.errors import UserError
-from cobl.core.layers import ALPHA_CHANNEL, visible_weights
-from cobl.core.policy import MIN_OBJECT_AREA
-from cobl.model.codec import SpaceToDepthCodec, VAECodec, encode_condition
-from cobl.model.configs import CObLConfig
-from cobl.model.network import CObLModel
-from cobl.model.parametrization import output_from_x0, predict_x0
-from cobl.model.slots import occupied_slots, permute_slots
+from cobl.codec import SpaceToDepthCodec, VAECodec, encode_condition
+from cobl.configs import CObLConfig
+from cobl.network import CObLModel
+from cobl.parametrization import output_from_x0, predict_x0
+from cobl.slots import occupied_slots, permute_slots
+from core.errors import UserError
+from core.layers import ALPHA_CHANNEL, visible_weights
+from core.policy import MIN_OBJECT_AREA
 from infer.guidance import best_slot_order, decoded_error, guide_x0, normalised_step
 from infer.io import Letterbox
 from infer.settings import DEFAULT_SAMPLING_STEPS, MIN_VISIBLE, SAMPLERS, GuidanceConfig
@@ -95,7 +95,7 @@ class CObLPipeline(DiffusionPipeline):
         config: CObLConfig | None = None,
         **training: Any,
     ) -> CObLPipeline:
-        """Assemble from a model, a scheduler and a ``cobl.model.codec`` codec (as the trainer holds them).
+        """Assemble from a model, a scheduler and a ``cobl.codec`` codec (as the trainer holds them).
 
         A training scheduler (DDPM) is swapped for DDIM with the same noise schedule, the default sampler.
         ``config`` (the model's ``CObLConfig``) and ``training`` (step, EMA, ...) are saved with the model."""
@@ -272,7 +272,7 @@ class Decomposition:
 def discover_objects(
     layers: torch.Tensor, min_area: float = MIN_OBJECT_AREA, min_visible: float = MIN_VISIBLE
 ) -> list[int]:
-    """Slots of ``layers [K, 4, H, W]`` that hold an object: occupied (``cobl.model.slots.occupied_slots``,
+    """Slots of ``layers [K, 4, H, W]`` that hold an object: occupied (``cobl.slots.occupied_slots``,
     alpha mass above ``min_area`` of the pixels) and a visible fraction (behind the slots in front of it)
     above ``min_visible``."""
     alphas = layers[:, ALPHA_CHANNEL].double()

@@ -1,11 +1,11 @@
 """Sampling settings and their defaults, without torch: the pipeline, ``cobl infer``/``cobl eval`` and their
-``--help`` all take the defaults from here (``cobl.app.cli_infer`` imports this at parser build time)."""
+``--help`` all take the defaults from here (``app.cli_infer`` imports this at parser build time)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cobl.core.policy import MIN_OBJECT_AREA
+from core.policy import MIN_OBJECT_AREA
 
 SAMPLERS = ("ddim", "dpm")
 DEFAULT_SAMPLING_STEPS = 50

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cobl.core import schema
-from cobl.core.layers import EMPTY_RGB, composite, modal_ids, to_channels_last
+from core import schema
+from core.layers import EMPTY_RGB, composite, modal_ids, to_channels_last
 
 
 def _png(array: np.ndarray) -> bytes:

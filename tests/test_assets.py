@@ -14,8 +14,8 @@ from assets.lighting import blackbody_rgb, sample_lights, sample_world
 from assets.materials import sample_material, sample_table_material
 from assets.meshes import scan_assets_dir
 from assets.shapes import FAMILIES, SIZE_RANGE, build_mesh, make_asset_ref
-from cobl.core.errors import UserError
-from cobl.core.spec import MATERIAL_KINDS, quat_to_matrix
+from core.errors import UserError
+from core.spec import MATERIAL_KINDS, quat_to_matrix
 
 SEEDS = range(4)
 

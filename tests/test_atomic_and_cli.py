@@ -2,7 +2,7 @@
 
 import pytest
 
-from cobl.core.atomic import atomic_path, write_text_atomic
+from core.atomic import atomic_path, write_text_atomic
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-import cobl.app.cli
-from cobl.core import schema
+import app.cli
+from core import schema
 
 
 @pytest.fixture
 def cli(monkeypatch):
-    return lambda *argv: cobl.app.cli.main(["synth", "scene", *map(str, argv)])
+    return lambda *argv: app.cli.main(["synth", "scene", *map(str, argv)])
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_device_gpu_without_a_gpu_exits_2_with_one_line_and_writes_nothing(tmp_p
         argv = ["synth", "scene", "--resolution", "16", "--out", str(out), "--device", "gpu"]
     else:
         argv = ["synth", "run", "--scenes", "1", "--resolution", "16", "--out", str(out), "--device", "gpu"]
-    assert cobl.app.cli.main(argv) == 2
+    assert app.cli.main(argv) == 2
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert err.startswith("cobl: error: --device: gpu: Cycles found no GPU") and "\n" not in err, err

@@ -123,7 +123,7 @@ def test_all_render_nodes_lost_is_a_one_line_error_and_the_rerun_completes(
     a render node again completes the rest, byte-identical."""
     out = tmp_path / "data"
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYOPENGL_PLATFORM="egl", RAY_AUTH_MODE="token")
-    cmd = [sys.executable, "-m", "cobl.app.cli", "synth", "run", "--out", str(out), "--scenes", str(SCENES)]
+    cmd = [sys.executable, "-m", "app.cli", "synth", "run", "--out", str(out), "--scenes", str(SCENES)]
     cmd += ["--seed", "11", "--resolution", "32", "--samples", "2", "--split", "train=1", "--shard-size", "2"]
     cmd += ["--max-objects", "3", "--min-objects", "1", "--workers", "2", "--progress-every", "1"]
     cmd += ["--address", cluster.address, "--worker-resource", "render", "--placement-timeout", "12"]

@@ -11,11 +11,8 @@ import pytest
 import torch
 import webdataset as wds
 
-from cobl.core import schema
-from cobl.core.errors import UserError
-from cobl.core.layers import EMPTY_RGB, composite
-from cobl.model.batch import Sample
-from cobl.model.data import (
+from cobl.batch import Sample
+from cobl.data import (
     SkipSample,
     TooManyObjects,
     collate,
@@ -24,6 +21,9 @@ from cobl.model.data import (
     make_dataset,
     make_loader,
 )
+from core import schema
+from core.errors import UserError
+from core.layers import EMPTY_RGB, composite
 from tests.shardmaker import make_scene, scene_members, write_shard
 
 torch.set_num_threads(1)
@@ -151,7 +151,7 @@ def _reference_decode(files: dict, num_objects: int, resolution: int) -> dict:
     stack = torch.stack([*layers, *([empty] * (num_objects - len(layers)))])
     stack = torch.where(stack[:, 3:4] == 0, empty[None], stack)
     if (h, w) != (resolution, resolution):
-        from cobl.model.data import _resize
+        from cobl.data import _resize
 
         alpha = _resize(stack[:, 3:4], resolution)
         premult = _resize(stack[:, :3] * stack[:, 3:4], resolution)

@@ -8,8 +8,8 @@ import tarfile
 import pytest
 from PIL import Image
 
-from cobl.app.cli import main
-from cobl.app.report import METRIC_COLUMNS, format_cell
+from app.cli import main
+from app.report import METRIC_COLUMNS, format_cell
 
 MINI = ["--scenes", "16", "--resolution", "32", "--samples", "4", "--objects", "2-3", "--num-objects", "3",
         "--max-steps", "4", "--batch-size", "2", "--val-scenes", "2", "--eval-scenes", "2",
@@ -46,7 +46,7 @@ def test_every_artifact_exists_and_parses(demo_out):
     assert (demo_out / "data" / "croissant.json").is_file()
     assert (demo_out / "data" / "gallery" / "index.html").is_file()
     assert (demo_out / "run" / "final" / "model_index.json").is_file()
-    # The default model is conditioned on the photo and a simulated monocular depth (cobl.model.depth), never
+    # The default model is conditioned on the photo and a simulated monocular depth (cobl.depth), never
     # on the renderer's exact depth.
     config = json.loads((demo_out / "model_config.json").read_text())
     assert config["depth_condition"] is True and config["depth_source"] == "monocular"
@@ -123,7 +123,7 @@ def test_changed_option_retrains_from_scratch_and_unchanged_skips(demo_out, caps
 
 
 def test_stage_resumes_only_under_the_same_options(tmp_path):
-    from cobl.app.demo import Stages
+    from app.demo import Stages
 
     stages, run = Stages(tmp_path), tmp_path / "run"
     assert stages.begin("train", {"lr": 1}, run) is False  # nothing to resume
@@ -146,8 +146,8 @@ def test_bad_option_is_one_line_error(tmp_path, capsys):
 def test_gpu_scale_profile_is_the_sd_config_with_depth_and_needs_pretrained(tmp_path, capsys):
     import argparse
 
-    from cobl.app.demo import gpu_scale_profile, register, write_model_config
-    from cobl.model.configs import get_config
+    from app.demo import gpu_scale_profile, register, write_model_config
+    from cobl.configs import get_config
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

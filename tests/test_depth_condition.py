@@ -12,13 +12,13 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
-import cobl.app.cli
-from cobl.core import schema
-from cobl.core.errors import UserError
-from cobl.model.configs import tiny_config
-from cobl.model.data import collate, decode_sample
-from cobl.model.depth import load_depth_file, relative_disparity
-from cobl.model.factory import build
+import app.cli
+from cobl.configs import tiny_config
+from cobl.data import collate, decode_sample
+from cobl.depth import load_depth_file, relative_disparity
+from cobl.factory import build
+from core import schema
+from core.errors import UserError
 from infer.pipeline import CObLPipeline, load_pipeline
 from tests.shardmaker import make_scene, scene_depth, scene_members, write_shard
 from train.loss import diffusion_loss
@@ -120,17 +120,17 @@ def test_infer_and_eval_cli_with_a_depth_model(depth_parts, tmp_path, monkeypatc
     np.save(tmp_path / "p.npy", scene_depth(scene["ids"], 2))
     common = ["--model", str(tmp_path / "run"), "--sampling-steps", "2"]
     no_depth = ["infer", *common, "--image", str(tmp_path / "p.png"), "--out", str(tmp_path / "o1")]
-    assert cobl.app.cli.main(no_depth) == 2
+    assert app.cli.main(no_depth) == 2
     assert "--depth" in capsys.readouterr().err
     assert not (tmp_path / "o1").exists()
     argv = ["infer", *common, "--image", str(tmp_path / "p.png"), "--depth", str(tmp_path / "p.npy")]
-    assert cobl.app.cli.main([*argv, "--out", str(tmp_path / "o2")]) == 0
+    assert app.cli.main([*argv, "--out", str(tmp_path / "o2")]) == 0
     with Image.open(tmp_path / "o2" / "p" / schema.BACKGROUND) as im:
         assert im.size == (RES, RES)
     write_shard(tmp_path / "shards" / "test-000000.tar", 2, size=RES, max_objects=3, seed=2)
     metrics = tmp_path / "m.json"
     eval_argv = ["eval", *common, "--data", str(tmp_path / "shards" / "test-*.tar"), "--out", str(metrics)]
-    assert cobl.app.cli.main(eval_argv) == 0
+    assert app.cli.main(eval_argv) == 0
     assert json.loads(metrics.read_text())["num_scenes"] == 2
 
 
@@ -158,7 +158,7 @@ def test_simulated_monocular_depth_is_seeded_and_loses_the_exact_silhouettes():
     edges. (On real Cycles renders, two 64x64 published test shards, 3 seeds each: mean 0.34,
     max 0.52, while the rendered depth itself reaches 0.63 against the silhouettes, its table-contact edges
     having no jump.) It stays a depth map: strongly correlated with the rendered one, in [0, 1]."""
-    from cobl.model.depth import simulate_monocular
+    from cobl.depth import simulate_monocular
 
     rng = np.random.default_rng(0)
     scores = []
@@ -244,14 +244,14 @@ def test_depth_model_flag_runs_a_saved_transformers_estimator(depth_parts, tmp_p
     Image.fromarray(photo_u8).save(tmp_path / "p.png")
     common = ["--model", str(tmp_path / "m"), "--sampling-steps", "2", "--depth-model", str(estimator_dir)]
     argv = ["infer", *common, "--image", str(tmp_path / "p.png"), "--out", str(tmp_path / "o")]
-    assert cobl.app.cli.main(argv) == 0
+    assert app.cli.main(argv) == 0
     info = json.loads((tmp_path / "o" / "p" / "order.json").read_text())
     assert info["depth_model"] == str(estimator_dir) and info["depth"] is None
     both = [*argv[:-2], "--depth", str(tmp_path / "p.png"), "--out", str(tmp_path / "o2")]
-    assert cobl.app.cli.main(both) == 2 and "--depth-model" in capsys.readouterr().err
+    assert app.cli.main(both) == 2 and "--depth-model" in capsys.readouterr().err
     write_shard(tmp_path / "shards" / "test-000000.tar", 1, size=RES, max_objects=3, seed=2)
     metrics = tmp_path / "m.json"
     eval_argv = ["eval", *common, "--data", str(tmp_path / "shards" / "test-*.tar"), "--out", str(metrics),
                  "--no-unguided"]
-    assert cobl.app.cli.main(eval_argv) == 0
+    assert app.cli.main(eval_argv) == 0
     assert json.loads(metrics.read_text())["settings"]["depth_source"] == f"estimator:{estimator_dir}"

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cobl.core import schema
+from core import schema
 from synth.dataset.generate import run_generation
 from synth.dataset.manifest import SHARDS_DIR, Manifest, verify
 from synth.dataset.plan import GenerationConfig, make_config, scene_id
@@ -164,8 +164,8 @@ def test_worker_killed_mid_render_is_retried(dataset: Path, tmp_path: Path) -> N
     assert all(samples[k][schema.SCENE] == ref[k][schema.SCENE] for k in ref)
 
 
-# `cobl ...` through the real cobl.app.cli.main (command handlers import their heavy modules lazily).
-COBL = [sys.executable, "-m", "cobl.app.cli"]
+# `cobl ...` through the real app.cli.main (command handlers import their heavy modules lazily).
+COBL = [sys.executable, "-m", "app.cli"]
 
 
 def _cobl_run(out: Path, scenes: int) -> list[str]:

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from cobl.core import schema
-from cobl.core.errors import UserError
-from cobl.core.groundtruth import GroundTruth, OcclusionEdge
-from cobl.core.images import psnr
-from cobl.core.policy import PSNR_CAP_DB
-from cobl.core.spec import (
+from core import schema
+from core.errors import UserError
+from core.groundtruth import GroundTruth, OcclusionEdge
+from core.images import psnr
+from core.policy import PSNR_CAP_DB
+from core.spec import (
     AssetRef,
     CameraSpec,
     LightSpec,

@@ -5,12 +5,12 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-from cobl.core.layers import composite
-from cobl.model.codec import SpaceToDepthCodec
-from cobl.model.configs import tiny_config
-from cobl.model.factory import build
-from cobl.model.parametrization import output_from_x0, predict_x0
-from cobl.model.slots import permute_slots
+from cobl.codec import SpaceToDepthCodec
+from cobl.configs import tiny_config
+from cobl.factory import build
+from cobl.parametrization import output_from_x0, predict_x0
+from cobl.slots import permute_slots
+from core.layers import composite
 from infer.guidance import (
     GuidanceConfig,
     best_slot_order,

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-import cobl.app.cli
-from cobl.app.report import METRIC_COLUMNS
-from cobl.core import schema
-from cobl.model.configs import tiny_config
-from cobl.model.factory import build
+import app.cli
+from app.report import METRIC_COLUMNS
+from cobl.configs import tiny_config
+from cobl.factory import build
+from core import schema
 from infer.pipeline import CObLPipeline
 from tests.shardmaker import make_scene, write_shard
 
@@ -58,7 +58,7 @@ def workdir(tmp_path_factory):
 @pytest.fixture
 def cli(monkeypatch):
     """The real ``cobl`` entry point."""
-    return cobl.app.cli.main
+    return app.cli.main
 
 
 def _one_error_line(capsys, *fragments):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cobl.core.layers import composite, modal_ids, to_channels_first, to_channels_last, visible_weights
+from core.layers import composite, modal_ids, to_channels_first, to_channels_last, visible_weights
 
 
 def _stack(rng, k=3, h=5, w=6, binary=False):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from cobl.model.configs import tiny_config
-from cobl.model.data import collate, decode_sample
-from cobl.model.factory import build
+from cobl.configs import tiny_config
+from cobl.data import collate, decode_sample
+from cobl.factory import build
 from tests.shardmaker import make_scene, scene_members
 from train.loss import diffusion_loss
 
@@ -66,7 +66,7 @@ def test_object_weight_is_neutral_without_objects_and_weighs_objects_otherwise()
 
 
 def test_hidden_weight_is_neutral_when_nothing_is_hidden_and_weighs_hidden_parts_otherwise():
-    from cobl.core.layers import visible_weights
+    from core.layers import visible_weights
 
     model, codec, scheduler = _model(True)
     single = _batch(1)  # one object per scene: nothing is hidden

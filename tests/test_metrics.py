@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cobl.core.layers import composite
-from cobl.core.policy import PSNR_CAP_DB
+from core.layers import composite
+from core.policy import PSNR_CAP_DB
 from infer.baselines import visible_only_layers
 from infer.metrics import evaluate_scene, iou_matrix, match_layers, summarize, visible_fractions
 

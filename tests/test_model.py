@@ -8,13 +8,13 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-from cobl.core.errors import UserError
-from cobl.core.layers import composite
-from cobl.model.codec import SpaceToDepthCodec, VAECodec, encode_condition
-from cobl.model.configs import get_config, sd_config, tiny_config
-from cobl.model.cross_slot import CrossSlotAttention
-from cobl.model.factory import build
-from cobl.model.network import CObLModel
+from cobl.codec import SpaceToDepthCodec, VAECodec, encode_condition
+from cobl.configs import get_config, sd_config, tiny_config
+from cobl.cross_slot import CrossSlotAttention
+from cobl.factory import build
+from cobl.network import CObLModel
+from core.errors import UserError
+from core.layers import composite
 from infer.pipeline import CObLPipeline, export_info, load_pipeline
 
 torch.set_num_threads(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cobl.core.layers import modal_ids as layer_modal_ids
+from core.layers import modal_ids as layer_modal_ids
 from synth.scene.occlusion import front_to_back_order, occlusion_edges, occlusion_matrix, visible_fractions
 
 

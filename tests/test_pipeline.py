@@ -7,10 +7,10 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from cobl.core.errors import UserError
-from cobl.core.layers import EMPTY_RGB
-from cobl.model.configs import tiny_config
-from cobl.model.factory import build
+from cobl.configs import tiny_config
+from cobl.factory import build
+from core.errors import UserError
+from core.layers import EMPTY_RGB
 from infer.io import Letterbox
 from infer.pipeline import CObLPipeline, decompose, discover_objects, export_info, kept_stack, load_pipeline
 from tests.shardmaker import make_scene
@@ -51,7 +51,7 @@ def _sample(p, photo, seed, **kw):
 def test_save_reload_gives_identical_layers(pipe, photo, tmp_path):
     pipe.save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
-    assert index["unet"] == ["cobl.model.network", "CObLModel"] and index["codec_kind"] == "space_to_depth"
+    assert index["unet"] == ["cobl.network", "CObLModel"] and index["codec_kind"] == "space_to_depth"
     loaded = load_pipeline(tmp_path / "pipe")
     assert isinstance(loaded, CObLPipeline) and loaded.resolution == RES and loaded.num_objects == 3
     for kw in ({}, {"reorder_every": 2}):

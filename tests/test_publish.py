@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cobl.core import schema
-from cobl.core.errors import UserError
-from cobl.core.groundtruth import CameraTruth, GroundTruth, ObjectTruth, OcclusionEdge
-from cobl.core.layers import composite, to_channels_first, to_channels_last
+from core import schema
+from core.errors import UserError
+from core.groundtruth import CameraTruth, GroundTruth, ObjectTruth, OcclusionEdge
+from core.layers import composite, to_channels_first, to_channels_last
 from synth.dataset.manifest import SHARDS_DIR, Manifest, ShardRecord
 from synth.dataset.plan import GenerationConfig, scene_id
 from synth.dataset.publish import publish

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cobl.core import schema
-from cobl.core.layers import modal_ids
-from cobl.core.spec import SceneSpec
+from core import schema
+from core.layers import modal_ids
+from core.spec import SceneSpec
 from synth.render.groundtruth import recomposite
 from synth.scene.sampler import SamplerConfig, sample_scene
 
@@ -190,7 +190,7 @@ def file_assets(tmp_path_factory):
     import trimesh
     from PIL import Image
 
-    from cobl.core.spec import MaterialSpec, WorldSpec
+    from core.spec import MaterialSpec, WorldSpec
 
     root = tmp_path_factory.mktemp("assets")
     (root / "meshes").mkdir()
@@ -252,7 +252,7 @@ def test_eevee_renders_a_tiny_scene(tmp_path):
     # only the checkout: bpy puts Blender's own script folders on sys.path, which shadow the wheel's bpy
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     run = subprocess.run(
-        [sys.executable, "-m", "cobl.app.cli", *argv], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "app.cli", *argv], capture_output=True, text=True, env=env
     )
     assert run.returncode == 0, run.stderr[-2000:]
     gt = json.loads((out / schema.SCENE).read_text())["ground_truth"]

@@ -14,8 +14,8 @@ import pytest
 import shapely
 import trimesh
 
-from cobl.core import camera
-from cobl.core.spec import CameraSpec, SceneSpec
+from core import camera
+from core.spec import CameraSpec, SceneSpec
 from synth.scene import geometry
 from synth.scene.occlusion import front_to_back_order, occlusion_edges, visible_fractions
 from synth.scene.sampler import SamplerConfig, SamplingError, sample_scene

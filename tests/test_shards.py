@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cobl.core import schema
-from cobl.core.errors import UserError
+from core import schema
+from core.errors import UserError
 from synth.dataset.generate import prepare_output
 from synth.dataset.manifest import SHARDS_DIR, Manifest, ShardRecord, verify
 from synth.dataset.plan import (
@@ -227,10 +227,10 @@ def test_manifest_round_trip_and_totals(tmp_path: Path) -> None:
 
 
 def dataset_cli(argv: list[str]) -> int:
-    """``cobl synth ...`` for this module's commands, exactly as cobl.app.cli.main dispatches them."""
+    """``cobl synth ...`` for this module's commands, exactly as app.cli.main dispatches them."""
     import argparse
 
-    from cobl.app import cli_dataset
+    from app import cli_dataset
 
     parser = argparse.ArgumentParser(prog="cobl synth")
     cli_dataset.register(parser.add_subparsers(dest="cmd", required=True))
@@ -310,7 +310,7 @@ def test_bad_generation_options_are_user_errors(kwargs: dict, match: str) -> Non
 
 
 def test_run_rejects_bad_options_before_writing_anything(tmp_path: Path, capsys) -> None:
-    from cobl.app import cli
+    from app import cli
 
     out = tmp_path / "never"
     for bad, flag in (

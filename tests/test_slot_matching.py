@@ -7,11 +7,11 @@ import itertools
 import torch
 from diffusers import DDPMScheduler
 
-from cobl.core.layers import EMPTY_RGB, composite
-from cobl.model.batch import Batch
-from cobl.model.codec import SpaceToDepthCodec
-from cobl.model.parametrization import output_from_x0
-from cobl.model.slots import interchangeable_orders, permute_slots
+from cobl.batch import Batch
+from cobl.codec import SpaceToDepthCodec
+from cobl.parametrization import output_from_x0
+from cobl.slots import interchangeable_orders, permute_slots
+from core.layers import EMPTY_RGB, composite
 from train.loss import diffusion_loss, matched_latents
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cobl.model.configs import tiny_config
-from cobl.model.data import collate, decode_sample
-from cobl.model.factory import build
+from cobl.configs import tiny_config
+from cobl.data import collate, decode_sample
+from cobl.factory import build
 from infer.pipeline import CObLPipeline, export_info
 from tests.shardmaker import write_shard
 from train.loop import SimulatedKill, train
@@ -136,7 +136,7 @@ def test_two_process_ddp_equals_one_process_with_doubled_batch(shards, tmp_path)
     cmd = [
         sys.executable,
         "-m",
-        "cobl.app.train_process",
+        "app.train_process",
         "--num-processes",
         "2",
         *_argv(
@@ -167,7 +167,7 @@ def load_bundle_init(key: str) -> torch.Tensor:
 
 
 def _argv(opts: TrainOptions) -> list[str]:
-    from cobl.app.train_flags import options_to_argv
+    from app.train_flags import options_to_argv
 
     return options_to_argv(opts)
 
@@ -181,8 +181,8 @@ def _argv(opts: TrainOptions) -> list[str]:
     ],
 )
 def test_bad_data_or_config_is_a_one_line_error(shards, tmp_path, capsys, args, message):
-    # ``cobl.app.cli_train.main``: the handler of ``cobl train`` and ``python -m cobl.app.train_process``.
-    from cobl.app.cli_train import main
+    # ``app.cli_train.main``: the handler of ``cobl train`` and ``python -m app.train_process``.
+    from app.cli_train import main
 
     argv = ["--data", shards, "--out", str(tmp_path / "run"), "--max-steps", "1", *args]
     assert main(argv) == 2

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from cobl.core.errors import UserError
+from core.errors import UserError
 from train.options import TrainOptions
 
 CHECKPOINT_DIR = "checkpoints"
@@ -37,7 +37,7 @@ class SimulatedKill(RuntimeError):
 
 
 def resolve_config(opts: TrainOptions):
-    from cobl.model.configs import get_config
+    from cobl.configs import get_config
 
     config = get_config(opts.config)
     return config.replace(
@@ -69,8 +69,8 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    from cobl.model.data import batches, expand_urls, make_dataset, make_loader
-    from cobl.model.factory import build
+    from cobl.data import batches, expand_urls, make_dataset, make_loader
+    from cobl.factory import build
     from train.loss import diffusion_loss
 
     out = Path(opts.out)
@@ -242,7 +242,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
     pipeline = None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        from cobl.core.atomic import atomic_path
+        from core.atomic import atomic_path
 
         unwrapped = accelerator.unwrap_model(model)
         if ema is not None:
@@ -295,7 +295,7 @@ def _validation_samples(urls: list[str], config, opts: TrainOptions):
     """The first few photos (and depths, for a depth-conditioned model) of the training shards."""
     if not opts.validate_every:
         return None
-    from cobl.model.data import collate, make_dataset
+    from cobl.data import collate, make_dataset
 
     ds = make_dataset(
         urls, config.num_objects, config.resolution, shuffle=False, epochs=1, depth=config.depth_condition,

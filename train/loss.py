@@ -11,13 +11,13 @@ from typing import Any
 
 import torch
 
-from cobl.core.errors import UserError
-from cobl.core.layers import visible_weights
-from cobl.model.batch import Batch
-from cobl.model.codec import encode_condition
-from cobl.model.data import sample_seed
-from cobl.model.parametrization import output_from_x0, predict_x0
-from cobl.model.slots import interchangeable_orders, permute_slots
+from cobl.batch import Batch
+from cobl.codec import encode_condition
+from cobl.data import sample_seed
+from cobl.parametrization import output_from_x0, predict_x0
+from cobl.slots import interchangeable_orders, permute_slots
+from core.errors import UserError
+from core.layers import visible_weights
 
 
 def per_sample_noise(

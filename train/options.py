@@ -1,4 +1,4 @@
-"""Trainer options: one dataclass holding every knob of a training run (its flags: cobl.app.train_flags)."""
+"""Trainer options: one dataclass holding every knob of a training run (its flags: app.train_flags)."""
 
 from __future__ import annotations
 

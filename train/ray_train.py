@@ -10,7 +10,7 @@ worker process (or its node) dies; the restarted workers resume from the latest 
 under ``--out`` (the trainer's exact ``--resume latest``), so the final weights equal an uninterrupted run's.
 Checkpoints that were already there when the run started are not resumed from unless ``--resume`` says so.
 
-    python -m cobl.app.ray_train --address auto --num-workers 8 --use-gpu -- \
+    python -m app.ray_train --address auto --num-workers 8 --use-gpu -- \
         --data '/shared/shards/train-{000000..000099}.tar' --config sd --pretrained /shared/sd21 \
         --out /shared/runs/cobl --mixed-precision bf16 --gradient-checkpointing --ema
 """

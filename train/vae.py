@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from cobl.core.layers import ALPHA_CHANNEL
+from core.layers import ALPHA_CHANNEL
 
 TINY_VAE_KWARGS: dict[str, Any] = dict(
     in_channels=3,
@@ -56,8 +56,8 @@ def fit_vae(
     from torchmetrics.image import PeakSignalNoiseRatio
     from tqdm.auto import tqdm
 
-    from cobl.core.atomic import atomic_path
-    from cobl.model.data import batches, expand_urls, make_dataset, make_loader
+    from cobl.data import batches, expand_urls, make_dataset, make_loader
+    from core.atomic import atomic_path
 
     urls = expand_urls(data)
     torch.manual_seed(seed)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from cobl.core.layers import ALPHA_CHANNEL, EMPTY_RGB, composite
+from core.layers import ALPHA_CHANNEL, EMPTY_RGB, composite
 from infer.pipeline import CObLPipeline
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cobl.core import schema
+from core import schema
 from synth.dataset.datasheet import Datasheet, description, license_url, rai
 from synth.dataset.manifest import SHARDS_DIR, Manifest, ShardRecord
 from synth.dataset.plan import GenerationConfig

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cobl.core import schema
-from cobl.core.groundtruth import GroundTruth
+from core import schema
+from core.groundtruth import GroundTruth
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 16px; background: #f4f4f4; color: #222; }

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cobl.core.errors import UserError
+from core.errors import UserError
 from synth.dataset import shards as shardlib
 from synth.dataset.manifest import SHARDS_DIR, Manifest, ShardRecord, check_shard, load_if_present
 from synth.dataset.plan import GenerationConfig, ShardPlan, scene_id

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cobl.core.atomic import write_text_atomic
-from cobl.core.errors import UserError
+from core.atomic import write_text_atomic
+from core.errors import UserError
 from synth.dataset.plan import GenerationConfig  # the plan says which shards should exist
 from synth.dataset.shards import sha256_file
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from cobl.core.errors import UserError
-from cobl.core.policy import RENDER_DEVICES, RENDER_ENGINES
+from core.errors import UserError
+from core.policy import RENDER_DEVICES, RENDER_ENGINES
 from synth.dataset import shards as shardlib
 
 DEFAULT_SPLITS = {"train": 0.9, "val": 0.05, "test": 0.05}

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cobl.core import schema
-from cobl.core.atomic import write_text_atomic
-from cobl.core.errors import UserError
+from core import schema
+from core.atomic import write_text_atomic
+from core.errors import UserError
 from synth.dataset.card import front_matter, hub_section
 from synth.dataset.croissant import CROISSANT, croissant_metadata
 from synth.dataset.datasheet import DEFAULT_CREATOR, DEFAULT_LICENSE, Datasheet

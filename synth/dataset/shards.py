@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cobl.core import schema
-from cobl.core.atomic import atomic_path
-from cobl.core.layers import EMPTY_RGB
+from core import schema
+from core.atomic import atomic_path
+from core.layers import EMPTY_RGB
 
 SHARD_PATTERN = re.compile(r"^(?P<split>[a-z][a-z0-9_]*)-(?P<index>\d{6})\.tar$")
 _MEMBER_MODE = 0o444

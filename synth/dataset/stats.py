@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from cobl.core.groundtruth import GroundTruth
+from core.groundtruth import GroundTruth
 
 OCCLUSION_LEVELS = (  # (name, lower bound inclusive, upper bound exclusive) on 1 - visible_fraction
     ("none (<1%)", 0.0, 0.01),

@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from cobl.core import schema
+from core import schema
 from synth.dataset.plan import GenerationConfig, dataset_scene_spec, scene_id
 from synth.dataset.shards import pad_layers
 from synth.render.groundtruth import scene_json

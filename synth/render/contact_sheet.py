@@ -9,8 +9,8 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cobl.core import schema
-from cobl.core.images import over_checkerboard
+from core import schema
+from core.images import over_checkerboard
 from synth.render.scene_dir import RenderedScene
 
 MIN_CELL = 160  # pixels: small renders are upscaled (nearest) so edges stay visible
@@ -58,7 +58,7 @@ def contact_sheet(scenes: list[RenderedScene]) -> Image.Image:
 
 
 def write_contact_sheet(scenes: list[RenderedScene], path: str | os.PathLike) -> None:
-    from cobl.core.atomic import atomic_path
+    from core.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         contact_sheet(scenes).save(tmp, format="PNG")

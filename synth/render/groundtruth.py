@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cobl.core import schema
-from cobl.core.camera import project_points, recorded_matrices
-from cobl.core.groundtruth import CameraTruth, GroundTruth, ObjectTruth, OcclusionEdge
-from cobl.core.images import psnr
-from cobl.core.layers import ALPHA_CHANNEL, EMPTY_RGB, composite, modal_ids, to_channels_first
-from cobl.core.policy import ALPHA_THRESHOLD, BACKGROUND_SLACK
-from cobl.core.spec import SceneSpec
+from core import schema
+from core.camera import project_points, recorded_matrices
+from core.groundtruth import CameraTruth, GroundTruth, ObjectTruth, OcclusionEdge
+from core.images import psnr
+from core.layers import ALPHA_CHANNEL, EMPTY_RGB, composite, modal_ids, to_channels_first
+from core.policy import ALPHA_THRESHOLD, BACKGROUND_SLACK
+from core.spec import SceneSpec
 from synth.render.regions import mask_box
 from synth.render.scene_dir import RenderedScene
 

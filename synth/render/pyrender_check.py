@@ -11,7 +11,7 @@ import os
 import numpy as np
 import trimesh
 
-from cobl.core.spec import SceneSpec, object_to_world
+from core.spec import SceneSpec, object_to_world
 
 
 def render_amodal(
@@ -44,7 +44,7 @@ def render_amodal(
             # SEG, not DEPTH_ONLY: pyrender draws into a 4x multisampled framebuffer and resolves depth with
             # a nearest blit, i.e. reads ONE sample per pixel, at that sample's off-centre position (~0.4 px
             # off in y). SEG renders with GL_MULTISAMPLE disabled: every sample then takes the pixel-centre
-            # coverage, the convention of cobl.core.camera and of Blender.
+            # coverage, the convention of core.camera and of Blender.
             _, depths[i] = renderer.render(
                 scene, flags=pyrender.RenderFlags.SEG, seg_node_map={node: (255, 255, 255)}
             )

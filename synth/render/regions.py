@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cobl.core.camera import NEAR, project_points
-from cobl.core.spec import SceneSpec, object_to_world
+from core.camera import NEAR, project_points
+from core.spec import SceneSpec, object_to_world
 
 if TYPE_CHECKING:
     import trimesh

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cobl.core import schema
-from cobl.core.atomic import atomic_path
-from cobl.core.groundtruth import GroundTruth
-from cobl.core.spec import SceneSpec
+from core import schema
+from core.atomic import atomic_path
+from core.groundtruth import GroundTruth
+from core.spec import SceneSpec
 
 
 @dataclass

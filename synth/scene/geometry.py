@@ -1,6 +1,6 @@
 """Scene geometry without Blender: world-space meshes, projected boxes, per-object masks and depth.
 
-The camera math (projection, pixel convention, intrinsics) is ``cobl.core.camera``'s; pixel ``(row j,
+The camera math (projection, pixel convention, intrinsics) is ``core.camera``'s; pixel ``(row j,
 column i)`` covers ``[i, i+1) x [j, j+1)`` with row 0 at the TOP, the same as the renderer's PNGs and
 ``ids.png``. Depth is camera-space distance along the view axis (metres), 0 where a pixel sees nothing.
 """
@@ -11,8 +11,8 @@ import numpy as np
 import trimesh
 
 from assets.shapes import cached_mesh
-from cobl.core.camera import NEAR, Resolution, cam_to_world, pixel_rays, project_points, resolution
-from cobl.core.spec import CameraSpec, SceneSpec, object_to_world
+from core.camera import NEAR, Resolution, cam_to_world, pixel_rays, project_points, resolution
+from core.spec import CameraSpec, SceneSpec, object_to_world
 
 RASTER_CHUNK = 1 << 20  # (triangle, pixel) pairs per vectorised batch: bounds memory on close-ups
 

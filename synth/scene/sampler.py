@@ -33,8 +33,8 @@ from scipy.spatial import ConvexHull
 from assets.lighting import sample_lights, sample_world
 from assets.materials import sample_material, sample_table_material
 from assets.shapes import FAMILIES, cached_mesh, make_asset_ref
-from cobl.core.camera import NEAR, look_at, project_points
-from cobl.core.spec import (
+from core.camera import NEAR, look_at, project_points
+from core.spec import (
     AssetRef,
     CameraSpec,
     ObjectSpec,

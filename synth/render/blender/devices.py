@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import bpy
 
-from cobl.core.errors import UserError
-from cobl.core.policy import GPU_BACKENDS, RENDER_DEVICES
+from core.errors import UserError
+from core.policy import GPU_BACKENDS, RENDER_DEVICES
 from synth.render.blender.quiet import quiet_stdout
 
 

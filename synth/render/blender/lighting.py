@@ -6,7 +6,7 @@ import math
 
 import bpy
 
-from cobl.core.spec import LightSpec, WorldSpec
+from core.spec import LightSpec, WorldSpec
 
 
 def build_world(spec: WorldSpec) -> bpy.types.World:

@@ -6,7 +6,7 @@ import random
 
 import bpy
 
-from cobl.core.spec import MaterialSpec
+from core.spec import MaterialSpec
 
 
 def build_material(spec: MaterialSpec, name: str, has_uv: bool) -> bpy.types.Material:

@@ -24,9 +24,9 @@ import bpy
 import numpy as np
 import trimesh
 
-from cobl.core.layers import ALPHA_CHANNEL
-from cobl.core.policy import RENDER_ENGINES
-from cobl.core.spec import RenderSettings, SceneSpec
+from core.layers import ALPHA_CHANNEL
+from core.policy import RENDER_ENGINES
+from core.spec import RenderSettings, SceneSpec
 from synth.render import groundtruth
 from synth.render.blender import devices, passes
 from synth.render.blender.quiet import quiet_stdout as _quiet_stdout

@@ -10,7 +10,7 @@ import numpy as np
 import trimesh
 from mathutils import Matrix
 
-from cobl.core.spec import CameraSpec, SceneSpec
+from core.spec import CameraSpec, SceneSpec
 from synth.render.blender.lighting import build_light, build_world
 from synth.render.blender.materials import build_material
 

@@ -1,0 +1,27 @@
+"""The ``cobl`` command. Each roof module registers its own subcommands:
+
+  * ``app/cli_synth.py`` -> ``cobl synth scene|run|verify|publish|rerender|seed``
+  * ``app/cli_train.py`` -> ``cobl train-vae``, ``cobl train``
+  * ``app/cli_infer.py`` -> ``cobl infer``, ``cobl eval``
+  * ``app/demo.py``      -> ``cobl demo``
+
+A module's ``register(subparsers)`` adds parsers whose ``func(args) -> int`` runs the command; heavy imports
+(bpy, torch, ray) happen inside ``func`` so ``cobl --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from app import cli_infer, cli_synth, cli_train, demo
+from app.parser import run_cli
+
+COMMAND_MODULES = (cli_synth, cli_train, cli_infer, demo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(argv, COMMAND_MODULES)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""``cobl infer`` (photo or folder of photos -> layer files) and ``cobl eval`` (shards -> metrics.json).
+
+Inputs are checked before the model runs (every photo opens, the model folder loads), so a bad input stops
+the command with one line and exit code 2 and nothing is written. Each photo's results appear atomically in
+``OUT/<photo stem>/``; a rerun skips photos whose folder exists (``--overwrite`` redoes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from core.errors import UserError
+from core.policy import DEPTH_SOURCES, MAX_ORDER_SEARCH_SLOTS, MIN_OBJECT_AREA
+from infer.settings import DEFAULT_SAMPLING_STEPS, MIN_VISIBLE, MODES, SAMPLERS, SCHEDULES, GuidanceConfig
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    defaults = GuidanceConfig()  # every default below is the pipeline's own (infer.settings)
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a saved CObL pipeline (model_index.json, what `cobl train` writes to RUN/final), or a run "
+        "folder RUN (meaning RUN/final)",
+    )
+    p.add_argument(
+        "--sampling-steps",
+        type=int,
+        default=DEFAULT_SAMPLING_STEPS,
+        help=f"sampler steps (default {DEFAULT_SAMPLING_STEPS})",
+    )
+    p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0], help="DDIM or DPM-Solver++")
+    p.add_argument(
+        "--guidance-scale", type=float, default=defaults.scale, help="composite guidance strength, 0 = off"
+    )
+    p.add_argument(
+        "--guidance-schedule",
+        choices=SCHEDULES,
+        default=defaults.schedule,
+        help=f"guidance weight over the sampling progress (linear: {defaults.start_weight} -> 1)",
+    )
+    p.add_argument(
+        "--guidance-mode",
+        choices=MODES,
+        default=defaults.mode,
+        help="x0: gradient through the decoder only (cheap); latents: through the denoiser too (~2.5x the "
+        f"sampling time); both (default {defaults.mode}): the two, the denoiser one early only "
+        "(--denoiser-gradient-until)",
+    )
+    p.add_argument(
+        "--denoiser-gradient-until",
+        type=float,
+        default=defaults.denoiser_until,
+        help="mode both: differentiate through the denoiser up to this fraction of the sampling (cost)",
+    )
+    p.add_argument(
+        "--guidance-start",
+        type=float,
+        default=defaults.start,
+        help="no guidance before this fraction of the sampling (saves its cost)",
+    )
+    p.add_argument(
+        "--reorder-every",
+        type=int,
+        default=defaults.reorder_every,
+        help=f"search the best object slot order every N steps (0 = never; up to {MAX_ORDER_SEARCH_SLOTS} "
+        "occupied slots)",
+    )
+    p.add_argument(
+        "--min-area",
+        type=float,
+        default=MIN_OBJECT_AREA,
+        help=f"a slot is an object when its alpha mass exceeds this fraction of the pixels "
+        f"(default {MIN_OBJECT_AREA})",
+    )
+    p.add_argument(
+        "--min-visible",
+        type=float,
+        default=MIN_VISIBLE,
+        help=f"... and more than this fraction of it is visible ({MIN_VISIBLE})",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("infer", help="decompose photos into object layers with a trained CObL model")
+    _add_sampling_options(p)
+    p.add_argument("--image", required=True, help="a photo, or a folder of photos")
+    p.add_argument(
+        "--depth",
+        default=None,
+        help="depth map(s) for a depth-conditioned model: a file for one photo, or a folder holding "
+        "<photo stem>.npy|.png per photo (.npy: metres, 0 = unknown; image: relative inverse depth, "
+        "brighter = nearer, e.g. from Depth Anything)",
+    )
+    p.add_argument(
+        "--depth-model",
+        default=None,
+        metavar="DIR",
+        help="estimate each photo's depth with a transformers depth-estimation model saved in DIR (DPT, "
+        "Depth Anything, ...; save_pretrained with its image processor) instead of --depth",
+    )
+    p.add_argument("--out", default="cobl_layers", help="output folder (one subfolder per photo)")
+    p.add_argument("--overwrite", action="store_true", help="redo photos whose output folder exists")
+    p.set_defaults(func=run_infer)
+
+    e = subparsers.add_parser("eval", help="score a model against ground-truth layers in scene shards")
+    _add_sampling_options(e)
+    e.add_argument("--data", required=True, help="shard pattern, e.g. 'DIR/shards/test-*.tar'")
+    e.add_argument("--limit", type=int, default=None, help="evaluate at most N scenes")
+    e.add_argument("--out", default="metrics.json", help="metrics JSON to write")
+    e.add_argument("--no-unguided", action="store_true", help="skip the unguided-sampler baseline")
+    e.add_argument(
+        "--depth-source",
+        choices=("model", *DEPTH_SOURCES),
+        default="model",
+        help="depth given to a depth-conditioned model: the kind it was trained on (model, the default), "
+        "the renderer's exact depth (rendered: an oracle input) or its simulated monocular estimate",
+    )
+    e.add_argument(
+        "--depth-model",
+        default=None,
+        metavar="DIR",
+        help="run this transformers depth-estimation model on each photo instead of the shard's depth",
+    )
+    e.add_argument(
+        "--selection-split",
+        default=None,
+        help="the split the model and its settings were chosen on, recorded in the metrics (e.g. val)",
+    )
+    e.set_defaults(func=run_eval)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.sampling_steps < 1:
+        raise UserError(f"--sampling-steps: expected a positive integer, got {args.sampling_steps}")
+    if not args.guidance_scale >= 0:
+        raise UserError(f"--guidance-scale: expected a number >= 0, got {args.guidance_scale}")
+    if args.reorder_every < 0:
+        raise UserError(f"--reorder-every: expected an integer >= 0, got {args.reorder_every}")
+    for name in ("min_area", "min_visible", "guidance_start", "denoiser_gradient_until"):
+        value = getattr(args, name)
+        if not 0 <= value <= 1:
+            raise UserError(f"--{name.replace('_', '-')}: expected a fraction in [0, 1], got {value}")
+    if getattr(args, "limit", None) is not None and args.limit < 1:
+        raise UserError(f"--limit: expected a positive integer, got {args.limit}")
+
+
+def _load(args: argparse.Namespace) -> Any:
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+
+    from infer.pipeline import load_pipeline
+
+    diffusers_logging.disable_progress_bar()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_pipeline(args.model, device=device)
+    pipe.use_sampler(args.sampler)
+    return pipe
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "num_inference_steps": args.sampling_steps,
+        "guidance_scale": args.guidance_scale,
+        "guidance_schedule": args.guidance_schedule,
+        "guidance_mode": args.guidance_mode,
+        "guidance_start": args.guidance_start,
+        "denoiser_gradient_until": args.denoiser_gradient_until,
+        "reorder_every": args.reorder_every,
+        "min_area": args.min_area,
+        "min_visible": args.min_visible,
+    }
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from cobl.depth import load_depth_file
+    from core import schema
+    from core.images import psnr
+    from core.layers import composite
+    from infer import io
+    from infer.pipeline import decompose
+
+    _check_options(args)
+    photos = io.list_photos(args.image)
+    for path in photos:  # every input must open before anything runs
+        io.check_photo(path)
+    out_root = Path(args.out)
+    if out_root.exists() and not out_root.is_dir():
+        raise UserError(f"--out {out_root}: exists and is not a folder")
+    if args.depth is not None and args.depth_model is not None:
+        raise UserError("--depth-model: give either --depth or --depth-model, not both")
+    pipe = _load(args)
+    depths = _depth_files(args.depth, photos)
+    estimator = _estimator(args) if pipe.uses_depth else None
+    if pipe.uses_depth and depths is None and estimator is None:
+        raise UserError(
+            f"--depth: the model {args.model} is depth-conditioned; give a depth map per photo or "
+            "--depth-model DIR"
+        )
+    sampling = _sampling(args)
+    settings = {**sampling, "sampler": args.sampler, "seed": args.seed}
+    todo = [
+        (p, n)
+        for p, n in zip(photos, io.output_names(photos), strict=True)
+        if args.overwrite or not (out_root / n).is_dir()
+    ]
+    bar = tqdm(todo, desc="infer", unit="photo", disable=len(todo) < 2)
+    for path, name in bar:
+        photo = io.load_photo(path)
+        depth = None
+        if depths is not None:
+            depth = io.resize_to(load_depth_file(depths[path])[None], *photo.shape[-2:])
+        elif estimator is not None:
+            depth = estimator(photo)[None]
+        start = time.perf_counter()
+        result = decompose(pipe, photo, depth, seed=args.seed, **sampling)
+        seconds = time.perf_counter() - start
+        info = {
+            "photo": str(path),
+            "depth": None if depths is None else str(depths[path]),
+            "depth_model": None if estimator is None else estimator.name,
+            "size": [int(photo.shape[-2]), int(photo.shape[-1])],
+            "model": str(args.model),
+            "model_resolution": pipe.resolution,
+            "settings": settings,
+            "num_objects": len(result.slots),
+            "layers": [
+                {"file": schema.layer_name(i), "slot": s, "area": a, "visible_fraction": v}
+                for i, (s, a, v) in enumerate(
+                    zip(result.slots, result.areas, result.visible_fractions, strict=True)
+                )
+            ],
+            "background": schema.BACKGROUND,
+            "recomposition": io.RECOMPOSITION,
+            "contact_sheet": io.CONTACT_SHEET,
+            "recomposition_psnr": psnr(composite(result.layers, result.background), photo),
+            "seconds": round(seconds, 3),
+        }
+        io.write_result(out_root / name, photo, result.layers, result.background, info)
+        bar.set_postfix(objects=len(result.slots))
+    skipped = len(photos) - len(todo)
+    note = f" ({skipped} already done, kept)" if skipped else ""
+    print(f"cobl infer: wrote {len(todo)} result folder(s) under {out_root}{note}")
+    return 0
+
+
+def _estimator(args: argparse.Namespace) -> Any:
+    """The ``--depth-model`` estimator, on the model's device; None without the flag."""
+    if getattr(args, "depth_model", None) is None:
+        return None
+    import torch
+
+    from infer.depth_estimation import DepthEstimator
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return DepthEstimator(args.depth_model, device=device)
+
+
+def _depth_files(depth: str | None, photos: list[Path]) -> dict[Path, Path] | None:
+    """Photo -> its depth file, every one checked to load; None without ``--depth``."""
+    from cobl.depth import load_depth_file
+    from core.policy import IMAGE_SUFFIXES
+
+    if depth is None:
+        return None
+    root = Path(depth)
+    if root.is_dir():
+        found = {}
+        for photo in photos:
+            candidates = [root / f"{photo.stem}{suffix}" for suffix in (".npy", *IMAGE_SUFFIXES)]
+            match = next((c for c in candidates if c.is_file()), None)
+            if match is None:
+                raise UserError(
+                    f"--depth {root}: no depth map for {photo.name} (expected {photo.stem}.npy or .png)"
+                )
+            found[photo] = match
+    elif root.is_file():
+        if len(photos) != 1:
+            raise UserError(f"--depth {root}: one file given for {len(photos)} photos; give a folder")
+        found = {photos[0]: root}
+    else:
+        raise UserError(f"--depth {root}: no such file or folder")
+    for path in found.values():
+        load_depth_file(path)  # a one-line error before anything is written
+    return found
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from cobl.data import expand_urls
+    from core.atomic import write_text_atomic
+    from infer.evaluate import MODEL, evaluate
+
+    _check_options(args)
+    expand_urls(args.data)  # a one-line error before the model loads
+    pipe = _load(args)
+    result = evaluate(
+        pipe,
+        args.data,
+        limit=args.limit,
+        seed=args.seed,
+        unguided=not args.no_unguided and args.guidance_scale > 0,
+        depth_source=None if args.depth_source == "model" else args.depth_source,
+        depth_estimator=_estimator(args) if pipe.uses_depth else None,
+        **_sampling(args),
+    )
+    result = {
+        "model": str(args.model),
+        **result,
+        "settings": {
+            **_sampling(args),
+            "sampler": args.sampler,
+            "seed": args.seed,
+            **result["settings"],
+            "selection_split": args.selection_split,
+            "split": _split_name(args.data),
+        },
+    }
+    write_text_atomic(args.out, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    for method in result["method_order"]:
+        s = result["methods"][method]
+        print(
+            f"{method:>12}: mIoU {_fmt(s['amodal_miou'])} (occluded {_fmt(s['amodal_miou_occluded'])}, "
+            f"strict {_fmt(s['amodal_miou_strict'])}), hidden recall {_fmt(s['hidden_recall'])}, "
+            f"fg-ARI {_fmt(s['fg_ari'])}, order {_fmt(s['order_accuracy'])}, "
+            f"count {_fmt(s['count_accuracy'])}, recomp PSNR {_fmt(s['recomposition_psnr'])}"
+        )
+    check = result["amodal_completion_check"]
+    if check["model_beats_visible_only"] is False:
+        print("note: the model does not beat the visible-only baseline on occluded objects: not completing")
+    print(
+        f"cobl eval: {result['num_scenes']} scenes -> {args.out} "
+        f"({MODEL} guidance scale {args.guidance_scale})"
+    )
+    return 0
+
+
+def _split_name(data: str) -> str | None:
+    """The split a shard pattern names (``DIR/shards/test-*.tar`` -> ``test``), when it names one."""
+    name = Path(data.split("::")[0]).name
+    head = name.split("-")[0]
+    return head if head and head != name and not any(c in head for c in "*?[{") else None
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

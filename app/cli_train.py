@@ -1,0 +1,105 @@
+"""``cobl train`` and ``cobl train-vae``.
+
+``cobl train --num-processes N`` re-launches itself as N local DDP processes through
+``torch.distributed.run`` (gloo on CPU, nccl on GPU); ``accelerate launch -m app.train_process ...``
+works as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+
+from app.parser import OneLineParser, run_reporting_errors
+from app.train_flags import add_arguments, options_from_args, options_to_argv
+from core.errors import UserError
+
+
+def register(subparsers) -> None:
+
+    p = subparsers.add_parser("train", help="train CObL on scene shards")
+    add_arguments(p)
+    p.set_defaults(func=run_train)
+
+    v = subparsers.add_parser(
+        "train-vae", help="fit a tiny AutoencoderKL on shard images (tiny config codec)"
+    )
+    v.add_argument("--data", required=True, help="shards: brace pattern and/or glob")
+    v.add_argument("--out", required=True, help="output folder for the AutoencoderKL (diffusers format)")
+    v.add_argument("--resolution", type=int, default=64)
+    v.add_argument("--max-steps", type=int, default=1500)
+    v.add_argument("--batch-size", type=int, default=16)
+    v.add_argument("--lr", type=float, default=1e-3)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--num-workers", type=int, default=1)
+    v.set_defaults(func=run_train_vae)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_train(args: argparse.Namespace) -> int:
+
+    opts = options_from_args(args)
+    if args.num_processes < 1:
+        raise UserError(f"--num-processes must be >= 1, got {args.num_processes}")
+    if args.num_processes > 1 and "LOCAL_RANK" not in os.environ:
+        # Validate cheaply before spawning, so a bad path fails once, on one line.
+        from cobl.data import expand_urls
+        from train.loop import resolve_config
+
+        resolve_config(opts)
+        expand_urls(opts.data)
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(args.num_processes),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "app.train_process",
+            *options_to_argv(opts),
+        ]
+        return subprocess.call(cmd)
+    from train.loop import train
+
+    train(opts)
+    return 0
+
+
+def run_train_vae(args: argparse.Namespace) -> int:
+    from train.vae import fit_vae
+
+    report = fit_vae(
+        args.data,
+        args.out,
+        resolution=args.resolution,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        num_workers=args.num_workers,
+    )
+    print(
+        f"VAE saved to {args.out}: reconstruction PSNR {report['psnr']:.2f} dB "
+        f"on {report['num_images']} images"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m app.train_process`` (same options as ``cobl train``)."""
+    parser = OneLineParser(prog="python -m app.train_process", description="CObL training process")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_reporting_errors(lambda: run_train(args))

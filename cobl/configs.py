@@ -1,0 +1,153 @@
+"""Named model configurations: ``tiny`` (CPU-sized, trained from scratch) and ``sd`` (local Stable Diffusion).
+
+A config fixes everything the trainer and the exported bundle need to rebuild the model: the base UNet's
+architecture, the number of object slots K, the image resolution, the codec and the noise schedule. ``sd``
+takes its UNet/VAE/scheduler from a diffusers-format folder given with ``--pretrained`` (never the hub).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import UserError
+from core.policy import DEPTH_SOURCES
+
+CODEC_KINDS = ("space_to_depth", "vae")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+@dataclass(frozen=True)
+class CObLConfig:
+    """Everything that shapes a CObL model. ``unet`` holds ``UNet2DConditionModel`` keyword arguments
+    (in/out channels are filled in from the codec); for ``sd`` they come from the pretrained folder."""
+
+    name: str
+    num_objects: int  # K object slots; the model has S = K + 1 slots (the last one is the background)
+    resolution: int
+    codec: str  # one of CODEC_KINDS
+    space_to_depth_factor: int = 4
+    unet: dict[str, Any] = field(default_factory=dict)
+    train_base: bool = False  # tiny has no pretrained prior to keep, so it trains the whole UNet
+    null_cond_tokens: int = 4
+    cross_slot_head_dim: int = 16
+    full_attention_max_tokens: int = 1024  # per-slot tokens up to which cross-slot attention is full
+    photo_skip: bool = False  # zero-initialised per-slot linear photo -> prediction path (see CObLModel)
+    depth_condition: bool = False  # condition on relative depth as well as the photo (cobl.depth)
+    depth_source: str = "rendered"  # train/eval depth: "rendered" (oracle) or "monocular" (simulated)
+    prediction_type: str = "sample"
+    beta_schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000
+
+    @property
+    def num_slots(self) -> int:
+        return self.num_objects + 1
+
+    def replace(self, **changes: Any) -> CObLConfig:
+        """A copy with ``changes`` applied; ``None`` values are ignored (unset CLI options)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        if self.num_objects < 1:
+            raise UserError(f"config {self.name}: must be >= 1, got {self.num_objects}", option="num_objects")
+        if self.codec not in CODEC_KINDS:
+            raise UserError(f"config {self.name}: codec must be one of {CODEC_KINDS}, got {self.codec!r}")
+        if self.depth_source not in DEPTH_SOURCES:
+            raise UserError(
+                f"config {self.name}: must be one of {DEPTH_SOURCES}, got {self.depth_source!r}",
+                option="depth_source",
+            )
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise UserError(
+                f"config {self.name}: must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}",
+                option="prediction_type",
+            )
+        factor = self.space_to_depth_factor if self.codec == "space_to_depth" else 8
+        if self.resolution % (factor * 2) or self.resolution <= 0:
+            raise UserError(
+                f"config {self.name}: must be a positive multiple of {factor * 2}, got {self.resolution}",
+                option="resolution",
+            )
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CObLConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def tiny_unet_kwargs() -> dict[str, Any]:
+    """A two-level UNet2DConditionModel with transformer blocks at both levels (~1 M parameters).
+    Lists, not tuples, so the config survives its JSON round trip unchanged."""
+    return dict(
+        layers_per_block=1,
+        block_out_channels=[32, 64],
+        down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        cross_attention_dim=32,
+        attention_head_dim=[2, 4],  # diffusers' historical name: the number of heads (head dim 16)
+        norm_num_groups=8,
+    )
+
+
+def tiny_config(num_objects: int = 4, resolution: int = 64) -> CObLConfig:
+    return CObLConfig(
+        name="tiny",
+        num_objects=num_objects,
+        resolution=resolution,
+        codec="space_to_depth",  # exact and free; learns far faster on a CPU than a fitted tiny VAE
+        space_to_depth_factor=4,
+        unet=tiny_unet_kwargs(),
+        train_base=True,
+        null_cond_tokens=4,
+        cross_slot_head_dim=16,
+        full_attention_max_tokens=64,  # full at 8x8, per-pixel at 16x16: keeps the step within ~1.2x plain
+        photo_skip=True,
+        prediction_type="sample",
+        beta_schedule="squaredcos_cap_v2",
+    )
+
+
+def sd_config(num_objects: int = 6, resolution: int = 512) -> CObLConfig:
+    """Stable Diffusion: the UNet architecture comes from ``--pretrained``; the base stays frozen."""
+    return CObLConfig(
+        name="sd",
+        num_objects=num_objects,
+        resolution=resolution,
+        codec="vae",
+        unet={},
+        train_base=False,
+        null_cond_tokens=77,
+        cross_slot_head_dim=64,
+        full_attention_max_tokens=1024,
+        prediction_type="epsilon",
+        beta_schedule="scaled_linear",
+    )
+
+
+CONFIGS = {"tiny": tiny_config, "sd": sd_config}
+
+
+def get_config(name: str) -> CObLConfig:
+    """A named config, or a JSON file holding a ``CObLConfig``."""
+    if name in CONFIGS:
+        return CONFIGS[name]()
+    path = Path(name)
+    if path.suffix == ".json" and path.is_file():
+        try:
+            cfg = CObLConfig.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError) as err:
+            raise UserError(f"{path}: not a CObL config JSON ({err})") from None
+        cfg.validate()
+        return cfg
+    raise UserError(
+        f"expected one of {sorted(CONFIGS)} or a config .json file, got {name!r}", option="config"
+    )
