@@ -3,6 +3,7 @@
   * ``cobl/app/cli_synth.py`` -> ``cobl synth scene|run|verify|publish|rerender|seed``
   * ``cobl/app/cli_train.py`` -> ``cobl train-vae``, ``cobl train``
   * ``cobl/app/cli_infer.py`` -> ``cobl infer``, ``cobl eval``
+  * ``cobl/app/cli_model.py`` -> ``cobl model summary``
   * ``cobl/app/demo.py``      -> ``cobl demo``
 
 A module's ``register(subparsers)`` adds parsers whose ``func(args) -> int`` runs the command; heavy imports
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import sys
 
-from cobl.app import cli_infer, cli_synth, cli_train, demo
+from cobl.app import cli_infer, cli_model, cli_synth, cli_train, demo
 from cobl.app.parser import run_cli
 
-COMMAND_MODULES = (cli_synth, cli_train, cli_infer, demo)
+COMMAND_MODULES = (cli_synth, cli_train, cli_infer, cli_model, demo)
 
 
 def main(argv: list[str] | None = None) -> int:
