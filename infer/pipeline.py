@@ -22,6 +22,7 @@ what diffusers' loader looks up (``sys.modules['cobl.model.network']``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,13 +219,16 @@ class CObLPipeline(DiffusionPipeline):
         sampling; ``reorder_every`` N > 0 searches the object slot order every N steps; ``prune_every`` N > 0
         resets empty or fully hidden object slots to the empty layer every N steps; ``prior_weight`` w pulls
         the clean prediction of each slot's image latent a fraction w toward the plain UNet's.
-        ``preset`` (``infer.settings.PRESETS``, e.g. "authors") replaces all of these and the step count.
+        ``preset`` (``infer.settings.PRESETS``, e.g. "authors") replaces all of these, the step count and the
+        sampler, except that ``guidance_scale=0`` still turns guidance off.
         """
         if preset is not None:
             if preset not in PRESETS:
                 raise UserError(f"expected one of {sorted(PRESETS)}, got {preset!r}", option="preset")
             chosen = PRESETS[preset]
             cfg = chosen["guidance"]
+            if guidance_scale == 0:  # an explicit 0 still turns guidance off (the unguided baseline)
+                cfg = dataclasses.replace(cfg, scale=0.0)
             num_inference_steps = chosen["num_inference_steps"]
             self.use_sampler(chosen["sampler"])
         else:
@@ -285,8 +289,10 @@ class CObLPipeline(DiffusionPipeline):
 
             if cfg.prior_weight > 0:  # the weak pull toward the plain Stable Diffusion prior
                 scaled = self.scheduler.scale_model_input(latents, t)
-                prior_x0 = predict_x0(self.unet.prior(scaled, t_batch), latents[:, :, :c0], alpha_bar, prediction_type)
-                x0 = torch.cat([x0[:, :, :c0] + cfg.prior_weight * (prior_x0 - x0[:, :, :c0]), x0[:, :, c0:]], 2)
+                prior = self.unet.prior(scaled, t_batch)
+                prior_x0 = predict_x0(prior, latents[:, :, :c0], alpha_bar, prediction_type)
+                image = x0[:, :, :c0]
+                x0 = torch.cat([image + cfg.prior_weight * (prior_x0 - image), x0[:, :, c0:]], 2)
                 changed = True
 
             periodic = 0 < i < n - 1

@@ -26,7 +26,9 @@ class GuidanceConfig:
     start: float = 0.0  # no guidance (and no gradient) before this fraction of the sampling progress
     denoiser_until: float = 0.25  # mode "both": the denoiser gradient only up to this fraction of progress
     reorder_every: int = 0  # search the object slot order every N steps (0 = never)
-    prune_every: int = 0  # every N steps reset empty / fully hidden object slots to the empty layer (0 = never)
+    prune_every: int = (
+        0  # every N steps reset empty / fully hidden object slots to the empty layer (0 = never)
+    )
     prior_weight: float = 0.0  # pull the clean prediction this far toward the plain (frozen) UNet's (0 = off)
     min_area: float = MIN_OBJECT_AREA  # alpha-mass fraction above which a slot is occupied (reorder, prune)
 
@@ -40,7 +42,9 @@ class GuidanceConfig:
         if not 0 <= self.start <= 1:
             raise ValueError(f"guidance start must be a fraction in [0, 1], got {self.start}")
         if self.reorder_every < 0 or self.prune_every < 0:
-            raise ValueError(f"reorder_every/prune_every must be >= 0, got {self.reorder_every}/{self.prune_every}")
+            raise ValueError(
+                f"reorder_every/prune_every must be >= 0, got {self.reorder_every}/{self.prune_every}"
+            )
         if not 0 <= self.prior_weight <= 1:
             raise ValueError(f"prior_weight must be a fraction in [0, 1], got {self.prior_weight}")
 
@@ -79,11 +83,11 @@ class GuidanceConfig:
 
 
 # Named sampler presets: ``CObLPipeline.__call__(preset=...)`` and ``cobl infer/eval --preset``.
-# "authors": the authors' sampler as their released code describes it (docs/architecture.md): 20 DDIM steps, one
-# normalised guidance step per step (through the denoiser, on the clean prediction at the last step) at 1.75
-# with a constant weight, an order search and the removal of empty or hidden slots (2 % area) every 5 steps,
-# and a weak pull toward the plain Stable Diffusion prior. Our own defaults (GuidanceConfig(), 50 steps) differ
-# where the demo measured better (docs/architecture.md).
+# "authors": the authors' sampler as their released code describes it (docs/architecture.md): 20 DDIM
+# steps, one normalised guidance step per step (through the denoiser; on the clean prediction at the last
+# step) at 1.75 with a constant weight, an order search and the removal of empty or hidden slots (2 % area)
+# every 5 steps, and a weak pull toward the plain Stable Diffusion prior. Our own defaults (GuidanceConfig(),
+# 50 steps) differ where the demo measured better (docs/architecture.md).
 PRESETS: dict[str, dict[str, object]] = {
     "authors": dict(
         num_inference_steps=20,

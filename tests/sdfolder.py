@@ -76,7 +76,9 @@ def write_sd_folder(path: Path, text: bool = True) -> Path:
     """The folder; ``text=False`` leaves out tokenizer/ and text_encoder/."""
     sd_like_unet().save_pretrained(path / "unet")
     sd_like_vae().save_pretrained(path / "vae")
-    DDPMScheduler(beta_schedule="scaled_linear", prediction_type="epsilon").save_pretrained(path / "scheduler")
+    DDPMScheduler(beta_schedule="scaled_linear", prediction_type="epsilon").save_pretrained(
+        path / "scheduler"
+    )
     if text:
         write_tokenizer(path / "tokenizer")
         text_encoder().save_pretrained(path / "text_encoder")

@@ -53,7 +53,11 @@ def test_sd_folder_loads_with_the_text_encoders_empty_prompt_and_a_frozen_unmodi
     assert not any(id(p) in trainable for p in frozen)
     resnets = [m for m in model.unet.modules() if isinstance(m, ResnetBlock2D)]
     blocks = [m for m in model.unet.modules() if isinstance(m, BasicTransformerBlock)]
-    assert model.module_counts() == {"slot_convs": len(resnets), "slot_attentions": len(blocks), "adapters": 2}
+    assert model.module_counts() == {
+        "slot_convs": len(resnets),
+        "slot_attentions": len(blocks),
+        "adapters": 2,
+    }
     assert len(model.inject_gates) == 4  # 2 levels x 2 encoder ResBlocks
     assert scheduler.config.prediction_type == "epsilon" and codec.latent_channels == 8
 
@@ -62,7 +66,9 @@ def _inputs(codec, b=2, s=3, seed=1):
     g = torch.Generator().manual_seed(seed)
     h = RES // codec.downsample
     noisy = torch.randn(b, s, codec.latent_channels, h, h, generator=g)
-    cond = encode_condition(codec, torch.rand(b, 3, RES, RES, generator=g), torch.rand(b, 1, RES, RES, generator=g))
+    cond = encode_condition(
+        codec, torch.rand(b, 3, RES, RES, generator=g), torch.rand(b, 1, RES, RES, generator=g)
+    )
     return noisy, torch.tensor([10, 700])[:b], cond
 
 
@@ -82,7 +88,9 @@ def test_at_initialisation_every_slot_is_the_frozen_unet_and_the_gates_open_the_
         changed[:, 2] += 1.0  # the background slot only
         other = cond.clone()
         other[:, 3] = -other[:, 3]  # the depth only
-        assert torch.equal(model(changed, t, cond)[:, 0], out[:, 0]) and torch.equal(model(noisy, t, other), out)
+        assert torch.equal(model(changed, t, cond)[:, 0], out[:, 0]) and torch.equal(
+            model(noisy, t, other), out
+        )
         for gate in model.gates():
             gate.value.fill_(0.5)
         mixed = model(noisy, t, cond)
@@ -118,9 +126,18 @@ def test_three_training_steps_leave_the_frozen_unet_bit_identical_and_move_the_a
     config = sd_config(num_objects=2, resolution=RES).replace(depth_condition=True)
     (tmp_path / "sd.json").write_text(config.to_json())
     opts = TrainOptions(
-        data=str(tmp_path / "s.tar"), out=str(tmp_path / "run"), config=str(tmp_path / "sd.json"),
-        pretrained=str(sd), max_steps=3, batch_size=2, lr=1e-2, weight_decay=0.0, num_workers=0,
-        validate_every=0, checkpoint_every=100, progress=False,
+        data=str(tmp_path / "s.tar"),
+        out=str(tmp_path / "run"),
+        config=str(tmp_path / "sd.json"),
+        pretrained=str(sd),
+        max_steps=3,
+        batch_size=2,
+        lr=1e-2,
+        weight_decay=0.0,
+        num_workers=0,
+        validate_every=0,
+        checkpoint_every=100,
+        progress=False,
     )  # fmt: skip  -- the rest is the sd recipe: bf16 autocast, checkpointing, min-SNR 5, 10 % dropout
     set_seed(0)
     initial = {k: v.clone() for k, v in _build(sd)[0].state_dict().items()}
@@ -128,12 +145,22 @@ def test_three_training_steps_leave_the_frozen_unet_bit_identical_and_move_the_a
     trained = result["pipeline"].unet.state_dict()
     base = UNet2DConditionModel.from_pretrained(sd / "unet").state_dict()
     assert all(torch.equal(trained["unet." + k], v) for k, v in base.items())
-    for kind in ("photo_adapter.", "depth_adapter.", "slot_convs.", "slot_attentions.", "inject_gates.", "alpha_out."):
+    for kind in (
+        "photo_adapter.",
+        "depth_adapter.",
+        "slot_convs.",
+        "slot_attentions.",
+        "inject_gates.",
+        "alpha_out.",
+    ):
         keys = [k for k in trained if k.startswith(kind)]
         assert keys and any(not torch.equal(trained[k], initial[k]) for k in keys), kind
     gates = [v for k, v in trained.items() if k.endswith("gate.value") or k.startswith("inject_gates.")]
     assert all(0 <= float(g) <= 1 for g in gates) and any(float(g) < 1 for g in gates)
-    assert json.loads((tmp_path / "run" / "final" / "model_index.json").read_text())["cobl_config"]["name"] == "sd"
+    assert (
+        json.loads((tmp_path / "run" / "final" / "model_index.json").read_text())["cobl_config"]["name"]
+        == "sd"
+    )
 
 
 def test_model_summary_reports_the_real_sd21_base_shapes(capsys):

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from cobl.core.errors import UserError
 from cobl.core.layers import composite
@@ -124,7 +124,8 @@ def test_trainable_parameters_are_only_new_modules():
     model = _model()
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names and not any(n.startswith("unet.") for n in names)
-    for kind in ("photo_adapter.", "slot_convs.", "slot_attentions.", "inject_gates.", "alpha_in.", "alpha_out."):
+    kinds = ("photo_adapter.", "slot_convs.", "slot_attentions.", "inject_gates.", "alpha_in.", "alpha_out.")
+    for kind in kinds:
         assert any(n.startswith(kind) for n in names), kind
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert any("attn1.to_q" in n for n in frozen) and all(n.startswith("unet.") for n in frozen)

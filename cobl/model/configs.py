@@ -128,14 +128,14 @@ def sd_config(num_objects: int = 6, resolution: int = 512) -> CObLConfig:
 
 def sd21_base_unet_kwargs() -> dict[str, Any]:
     """Stable Diffusion 2.1-base's UNet architecture (865,910,724 parameters, 22 ResBlocks, 16 transformer
-    blocks), for building the real shapes without weights (``cobl model summary``, ``bench/bench_train.py``)."""
+    blocks), to build the real shapes without weights (``cobl model summary``, bench/bench_train.py)."""
     return dict(
         sample_size=64,
         in_channels=4,
         out_channels=4,
         layers_per_block=2,
         block_out_channels=[320, 640, 1280, 1280],
-        down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
         up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
         cross_attention_dim=1024,
         attention_head_dim=[5, 10, 20, 20],

@@ -1,10 +1,10 @@
-"""The modules CObL adds between the blocks of the shared, frozen UNet to let the slots of a scene see each other.
+"""The modules CObL adds between the blocks of the shared, frozen UNet so the slots of a scene see each other.
 
 The UNet runs the S slots of a scene as S batch elements (``[B*S, ...]``), so on its own no slot sees another.
 Following the authors' design, three kinds of module are attached (``cobl.model.network`` attaches them):
 
-  * ``SlotConv`` after every ResBlock: two ``GroupNorm -> SiLU -> Conv3d(kernel (3, 1, 1))`` over the slot axis
-    only (each pixel mixes with the same pixel of the neighbouring slots);
+  * ``SlotConv`` after every ResBlock: two ``GroupNorm -> SiLU -> Conv3d(kernel (3, 1, 1))`` over the slot
+    axis only (each pixel mixes with the same pixel of the neighbouring slots);
   * ``SlotAttention`` after every transformer block: attention across the slots at each spatial position, with
     a sinusoidal encoding of the slot index (slot 0 frontmost, slot S-1 the background), bias-free q/k/v/o;
   * ``Gate``: a learnable scalar ``a`` clamped to [0, 1] and initialised to 1; each module returns

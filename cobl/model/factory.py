@@ -90,7 +90,9 @@ def build(
         in_channels=codec.latent_channels,  # tiny's UNet models the whole slot latent (alpha included)
         out_channels=codec.latent_channels,
     )
-    model = CObLModel(unet_config=unet_config, prompt_tokens=config.prompt_tokens, **_module_options(config, codec))
+    model = CObLModel(
+        unet_config=unet_config, prompt_tokens=config.prompt_tokens, **_module_options(config, codec)
+    )
     with torch.no_grad():  # no text encoder at this size: a fixed random "prompt" the UNet learns to read
         generator = torch.Generator().manual_seed(0)
         model.prompt_embedding.copy_(torch.randn(model.prompt_embedding.shape, generator=generator))
@@ -114,7 +116,9 @@ def build_shapes(config: CObLConfig, unet: dict[str, Any] | None = None) -> CObL
             out_channels=codec_like.latent_channels,
         )
     with torch.device("meta"):
-        return CObLModel(unet_config=kwargs, prompt_tokens=config.prompt_tokens, **_module_options(config, codec_like))
+        return CObLModel(
+            unet_config=kwargs, prompt_tokens=config.prompt_tokens, **_module_options(config, codec_like)
+        )
 
 
 class _Shapes:
@@ -124,7 +128,7 @@ class _Shapes:
 
 def empty_prompt_embedding(path: str | Path) -> torch.Tensor:
     """The frozen text encoder's output ``[1, 77, D]`` for the empty prompt "", from ``PATH/tokenizer`` and
-    ``PATH/text_encoder`` of a diffusers Stable Diffusion folder; a one-line UserError when they are missing."""
+    ``PATH/text_encoder`` of a diffusers Stable Diffusion folder; a one-line UserError if one is missing."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
     path = Path(path)
@@ -138,7 +142,11 @@ def empty_prompt_embedding(path: str | Path) -> torch.Tensor:
     tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
     encoder = CLIPTextModel.from_pretrained(path / "text_encoder").eval()
     ids = tokenizer(
-        [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        [""],
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
     ).input_ids
     with torch.no_grad():
         return encoder(ids)[0].float()

@@ -1,4 +1,4 @@
-"""CObLModel: one frozen Stable-Diffusion UNet shared by K object slots + 1 background slot, denoised concurrently.
+"""CObLModel: one frozen Stable-Diffusion UNet shared by K object slots + 1 background slot, run together.
 
 The authors' architecture (docs/architecture.md), built around an unmodified diffusers
 ``UNet2DConditionModel`` (the ``unet`` submodule, its own parameter names; frozen unless ``train_base``). The
@@ -14,15 +14,15 @@ those of diffusers:
   * every gate ``a`` is clamped to [0, 1] and starts at 1, so at initialisation each slot's prediction is
     exactly the frozen UNet's on that slot.
 
-Text: the UNet is fed ``prompt_embedding``, the frozen text encoder's output for the empty prompt, computed once
-when the model is built (``cobl.model.factory``) and saved with it (a buffer, never trained).
+Text: the UNet is fed ``prompt_embedding``, the frozen text encoder's output for the empty prompt, computed
+once when the model is built (``cobl.model.factory``) and saved with it (a buffer, never trained).
 
 Our one deviation from the authors (layers are straight-alpha RGBA, not RGB on a grey backdrop): a slot latent
 has ``slot_channels`` = the UNet's ``in_channels`` + alpha channels. When there are alpha channels, a
 zero-initialised ``alpha_in`` conv adds them to ``conv_in``'s output and a zero-initialised ``alpha_out`` conv
 predicts them from ``conv_out``'s input; the UNet's own channels are untouched (the alpha prediction starts at
-0). The optional per-slot ``photo_skip`` (ours, tiny config only; docs/demo.md) is a zero-initialised linear map
-from the space-to-depth photo (+ depth) to each slot's prediction.
+0). The optional per-slot ``photo_skip`` (ours, tiny config only; docs/demo.md) is a zero-initialised linear
+map from the space-to-depth photo (+ depth) to each slot's prediction.
 
 Slot layout: ``S = K + 1``; slots ``0..K-1`` are objects (0 frontmost), slot ``K`` is the background.
 """
@@ -75,7 +75,7 @@ class CObLModel(ModelMixin, ConfigMixin):
     """``forward(noisy_latents [B,S,C,h,w], timesteps [B], condition [B,3(+1),H,W]) -> [B,S,C,h,w]``.
 
     ``condition`` is ``cobl.model.codec.encode_condition``'s: the photo in [-1, 1], then (for a depth-
-    conditioned model) the relative depth in [-1, 1], at the image resolution ``H = h * latent_downsample``."""
+    conditioned model) the relative depth in [-1, 1], at the image size ``H = h * latent_downsample``."""
 
     config_name = "config.json"
     _supports_gradient_checkpointing = True
@@ -96,7 +96,9 @@ class CObLModel(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         if condition_channels not in (PHOTO_CHANNELS, PHOTO_CHANNELS + DEPTH_CHANNELS):
-            raise ValueError(f"condition_channels must be 3 (photo) or 4 (photo + depth), got {condition_channels}")
+            raise ValueError(
+                f"condition_channels must be 3 (photo) or 4 (photo + depth), got {condition_channels}"
+            )
         self.unet = UNet2DConditionModel.from_config(unet_config)
         ucfg = self.unet.config
         c0 = ucfg.in_channels
@@ -107,7 +109,7 @@ class CObLModel(ModelMixin, ConfigMixin):
             )
         levels = list(ucfg.block_out_channels)
         groups = ucfg.norm_num_groups
-        # --- the condition: T2I-Adapters, per-level fusion weights, gated injection into the encoder ResBlocks
+        # --- the condition: T2I-Adapters, per-level fusion, gated injection into the encoder ResBlocks
         adapter = dict(channels=levels, num_res_blocks=adapter_res_blocks, downscale_factor=latent_downsample)
         self.photo_adapter = T2IAdapter(in_channels=PHOTO_CHANNELS, **adapter)
         if condition_channels > PHOTO_CHANNELS:
@@ -117,7 +119,7 @@ class CObLModel(ModelMixin, ConfigMixin):
         encoder = [(i, level) for i, (part, level, _) in enumerate(resnets) if part == "down"]
         self.inject_gates = nn.ModuleList(Gate() for _ in encoder)
         self._injection = {i: (g, level) for g, (i, level) in enumerate(encoder)}
-        # --- across slots: a slot convolution after every ResBlock, slot attention after every transformer block
+        # --- across slots: a slot conv after every ResBlock, slot attention after every transformer block
         self.slot_convs = nn.ModuleList(SlotConv(r.out_channels, num_slots, groups) for _, _, r in resnets)
         blocks = unet_transformer_blocks(self.unet)
         self.slot_attentions = nn.ModuleList(
@@ -127,8 +129,12 @@ class CObLModel(ModelMixin, ConfigMixin):
         extra = slot_channels - c0
         if extra:
             conv_in, conv_out = self.unet.conv_in, self.unet.conv_out
-            self.alpha_in = nn.Conv2d(extra, conv_in.out_channels, conv_in.kernel_size, padding=conv_in.padding)
-            self.alpha_out = nn.Conv2d(conv_out.in_channels, extra, conv_out.kernel_size, padding=conv_out.padding)
+            self.alpha_in = nn.Conv2d(
+                extra, conv_in.out_channels, conv_in.kernel_size, padding=conv_in.padding
+            )
+            self.alpha_out = nn.Conv2d(
+                conv_out.in_channels, extra, conv_out.kernel_size, padding=conv_out.padding
+            )
             for conv in (self.alpha_in, self.alpha_out):
                 nn.init.zeros_(conv.weight)
                 nn.init.zeros_(conv.bias)
@@ -199,7 +205,8 @@ class CObLModel(ModelMixin, ConfigMixin):
         unet_dir = Path(path) / "unet"
         if not (unet_dir / "config.json").is_file():
             raise UserError(
-                f"{path}: expected a diffusers Stable Diffusion folder with unet/config.json", option="pretrained"
+                f"{path}: expected a diffusers Stable Diffusion folder with unet/config.json",
+                option="pretrained",
             )
         return cls.from_unet(UNet2DConditionModel.from_pretrained(unet_dir), prompt_embedding, **config)
 
