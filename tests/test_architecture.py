@@ -116,6 +116,7 @@ def test_a_folder_without_a_text_encoder_is_a_one_line_error(tmp_path):
 
 
 def test_three_training_steps_leave_the_frozen_unet_bit_identical_and_move_the_added_modules(sd, tmp_path):
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
     from tests.shardmaker import write_shard
@@ -139,9 +140,13 @@ def test_three_training_steps_leave_the_frozen_unet_bit_identical_and_move_the_a
         checkpoint_every=100,
         progress=False,
     )  # fmt: skip  -- the rest is the sd recipe: bf16 autocast, checkpointing, min-SNR 5, 10 % dropout
+    AcceleratorState._reset_state(True)  # earlier tests in this process may have set another precision
     set_seed(0)
     initial = {k: v.clone() for k, v in _build(sd)[0].state_dict().items()}
-    result = train(opts)
+    try:
+        result = train(opts)
+    finally:
+        AcceleratorState._reset_state(True)
     trained = result["pipeline"].unet.state_dict()
     base = UNet2DConditionModel.from_pretrained(sd / "unet").state_dict()
     assert all(torch.equal(trained["unet." + k], v) for k, v in base.items())

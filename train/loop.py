@@ -100,7 +100,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
     from tqdm.auto import tqdm
 
     from cobl.model.data import batches, expand_urls, make_dataset, make_loader
-    from cobl.model.factory import build
+    from cobl.model.factory import build, check_pretrained
     from train.loss import diffusion_loss
 
     out = Path(opts.out)
@@ -112,6 +112,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
             raise UserError(f"must be >= 1, got {getattr(opts, name)}", option=name)
     if opts.mixed_precision not in ("no", "fp16", "bf16"):
         raise UserError(f"expected no, fp16 or bf16, got {opts.mixed_precision!r}", option="mixed_precision")
+    check_pretrained(config, opts.pretrained)  # before the Accelerator: a bad path fails on one line
 
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),

@@ -49,6 +49,27 @@ def _module_options(config: CObLConfig, codec: LayerCodec) -> dict[str, Any]:
     )
 
 
+def check_pretrained(config: CObLConfig, pretrained: str | Path | None) -> None:
+    """A one-line UserError unless ``pretrained`` is what ``config`` needs: for ``sd`` (or any given folder)
+    a diffusers Stable Diffusion folder with unet/, tokenizer/ and text_encoder/."""
+    if config.name != "sd" and pretrained is None:
+        return
+    if pretrained is None:
+        raise UserError(
+            f"config {config.name} needs a local diffusers Stable Diffusion folder", option="pretrained"
+        )
+    path = Path(pretrained)
+    if not (path / "unet" / "config.json").is_file():
+        raise UserError(f"{path}: expected a diffusers Stable Diffusion folder (unet/)", option="pretrained")
+    for part in ("tokenizer", "text_encoder"):
+        if not (path / part).is_dir():
+            raise UserError(
+                f"{path}: no {part}/ folder: CObL feeds the frozen UNet the text encoder's embedding of the "
+                f"empty prompt, so the Stable Diffusion folder needs tokenizer/ and text_encoder/",
+                option="pretrained",
+            )
+
+
 def build(
     config: CObLConfig, pretrained: str | Path | None = None, vae: str | Path | None = None
 ) -> tuple[CObLModel, LayerCodec, Any]:
@@ -61,15 +82,8 @@ def build(
     """
     config.validate()
     if config.name == "sd" or pretrained is not None:
-        if pretrained is None:
-            raise UserError(
-                f"config {config.name} needs a local diffusers Stable Diffusion folder", option="pretrained"
-            )
+        check_pretrained(config, pretrained)
         path = Path(pretrained)
-        if not (path / "unet" / "config.json").is_file():
-            raise UserError(
-                f"{path}: expected a diffusers Stable Diffusion folder with unet/", option="pretrained"
-            )
         codec: LayerCodec = VAECodec(load_vae(vae if vae is not None else path / "vae"))
         model = CObLModel.from_pretrained_sd(
             path, empty_prompt_embedding(path), **_module_options(config, codec)
