@@ -49,6 +49,16 @@ def _module_options(config: CObLConfig, codec: LayerCodec) -> dict[str, Any]:
     )
 
 
+def _check_text_folders(path: Path) -> None:
+    for part in ("tokenizer", "text_encoder"):
+        if not (path / part).is_dir():
+            raise UserError(
+                f"{path}: no {part}/ folder: CObL feeds the frozen UNet the text encoder's embedding of the "
+                f"empty prompt, so the Stable Diffusion folder needs tokenizer/ and text_encoder/",
+                option="pretrained",
+            )
+
+
 def check_pretrained(config: CObLConfig, pretrained: str | Path | None) -> None:
     """A one-line UserError unless ``pretrained`` is what ``config`` needs: for ``sd`` (or any given folder)
     a diffusers Stable Diffusion folder with unet/, tokenizer/ and text_encoder/."""
@@ -61,13 +71,7 @@ def check_pretrained(config: CObLConfig, pretrained: str | Path | None) -> None:
     path = Path(pretrained)
     if not (path / "unet" / "config.json").is_file():
         raise UserError(f"{path}: expected a diffusers Stable Diffusion folder (unet/)", option="pretrained")
-    for part in ("tokenizer", "text_encoder"):
-        if not (path / part).is_dir():
-            raise UserError(
-                f"{path}: no {part}/ folder: CObL feeds the frozen UNet the text encoder's embedding of the "
-                f"empty prompt, so the Stable Diffusion folder needs tokenizer/ and text_encoder/",
-                option="pretrained",
-            )
+    _check_text_folders(path)
 
 
 def build(
@@ -143,16 +147,14 @@ class _Shapes:
 def empty_prompt_embedding(path: str | Path) -> torch.Tensor:
     """The frozen text encoder's output ``[1, 77, D]`` for the empty prompt "", from ``PATH/tokenizer`` and
     ``PATH/text_encoder`` of a diffusers Stable Diffusion folder; a one-line UserError if one is missing."""
-    from transformers import CLIPTextModel, CLIPTokenizer
+    try:
+        from transformers import CLIPTextModel, CLIPTokenizer
+    except ImportError as err:  # a declared dependency (pyproject.toml); say so on one line
+        message = f"the sd config needs the transformers package ({err})"
+        raise UserError(message, option="pretrained") from None
 
     path = Path(path)
-    for part in ("tokenizer", "text_encoder"):
-        if not (path / part).is_dir():
-            raise UserError(
-                f"{path}: no {part}/ folder: CObL feeds the frozen UNet the text encoder's embedding of the "
-                f"empty prompt, so the Stable Diffusion folder needs tokenizer/ and text_encoder/",
-                option="pretrained",
-            )
+    _check_text_folders(path)
     tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
     encoder = CLIPTextModel.from_pretrained(path / "text_encoder").eval()
     ids = tokenizer(
