@@ -3,6 +3,7 @@
   * ``app/cli_synth.py`` -> ``cobl synth scene|run|verify|publish|rerender|seed``
   * ``app/cli_train.py`` -> ``cobl train-vae``, ``cobl train``
   * ``app/cli_infer.py`` -> ``cobl infer``, ``cobl eval``
+  * ``app/cli_model.py`` -> ``cobl model summary``
   * ``app/demo.py``      -> ``cobl demo``
 
 A module's ``register(subparsers)`` adds parsers whose ``func(args) -> int`` runs the command; heavy imports
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import sys
 
-from app import cli_infer, cli_synth, cli_train, demo
+from app import cli_infer, cli_model, cli_synth, cli_train, demo
 from app.parser import run_cli
 
-COMMAND_MODULES = (cli_synth, cli_train, cli_infer, demo)
+COMMAND_MODULES = (cli_synth, cli_train, cli_infer, cli_model, demo)
 
 
 def main(argv: list[str] | None = None) -> int:

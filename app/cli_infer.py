@@ -14,7 +14,15 @@ from typing import Any
 
 from core.errors import UserError
 from core.policy import DEPTH_SOURCES, MAX_ORDER_SEARCH_SLOTS, MIN_OBJECT_AREA
-from infer.settings import DEFAULT_SAMPLING_STEPS, MIN_VISIBLE, MODES, SAMPLERS, SCHEDULES, GuidanceConfig
+from infer.settings import (
+    DEFAULT_SAMPLING_STEPS,
+    MIN_VISIBLE,
+    MODES,
+    PRESETS,
+    SAMPLERS,
+    SCHEDULES,
+    GuidanceConfig,
+)
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -67,6 +75,14 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
         default=defaults.reorder_every,
         help=f"search the best object slot order every N steps (0 = never; up to {MAX_ORDER_SEARCH_SLOTS} "
         "occupied slots)",
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="a named sampler: 'authors' = 20 DDIM steps, one guidance step per step at 1.75, order search "
+        "and empty/hidden-slot removal every 5 steps, a weak prior pull (replaces the sampling options "
+        "above; docs/architecture.md)",
     )
     p.add_argument(
         "--min-area",
@@ -171,6 +187,7 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
         "guidance_start": args.guidance_start,
         "denoiser_gradient_until": args.denoiser_gradient_until,
         "reorder_every": args.reorder_every,
+        "preset": args.preset,
         "min_area": args.min_area,
         "min_visible": args.min_visible,
     }

@@ -19,15 +19,20 @@ HELP = {
     "prediction_type": "epsilon | sample | v_prediction (default: the config's)",
     "batch_size": "scenes per process per micro-step",
     "gradient_accumulation_steps": "micro-steps per optimizer step",
-    "mixed_precision": "no | fp16 | bf16",
+    "mixed_precision": "no | fp16 | bf16 autocast (default: the config's recipe, sd bf16)",
+    "lr": "AdamW learning rate (default: the config's recipe, sd 1e-4, tiny 5e-4)",
+    "min_lr": "the cosine schedule decays to this (default: the config's recipe, sd 1e-6, tiny 0)",
+    "gradient_checkpointing": "recompute activations in backward (default: the config's recipe, sd on)",
+    "attention": "sdpa | eager attention kernels (default: sdpa)",
     "ema": "keep an EMA of the trained weights; the export uses it",
-    "snr_gamma": "min-SNR loss weighting gamma (e.g. 5)",
+    "snr_gamma": "min-SNR loss weighting gamma, 0 = off (default: the config's recipe, sd 5, tiny 0)",
     "object_weight": "weigh the loss under objects by 1 + W (objects are a few per cent of the pixels)",
     "slot_matching": "score each scene against its closest interchangeable slot order (objects whose "
     "layers do not overlap may swap slots) instead of the data's depth tie-break",
     "hidden_weight": "weigh the loss where an object is hidden behind another (its amodal minus visible "
     "part) by a further + W: the pixels that amodal completion is about",
-    "cond_dropout": "probability of dropping the photo condition (for guidance-free sampling)",
+    "cond_dropout": "probability of zeroing the photo and depth conditions together (default: the config's "
+    "recipe, sd 0.1, tiny 0)",
     "checkpoint_every": "save a resumable checkpoint every N optimizer steps",
     "resume": "'latest' or a checkpoint directory",
     "validate_every": "log validation images every N steps (0 = never)",
@@ -45,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(
                 "--no-progress", dest="progress", action="store_false", help="no progress bar"
             )
+        elif kind == "bool | None":  # on, off, or (unset) the config's recipe
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif kind == "bool":
             parser.add_argument(flag, action="store_true", help=help_text)
         elif f.name == "resume":
@@ -79,6 +86,8 @@ def options_to_argv(opts: TrainOptions) -> list[str]:
         elif isinstance(value, bool):
             if value:
                 argv.append(flag)
+            elif "None" in str(f.type):
+                argv.append("--no-" + flag[2:])
         elif value is not None:
             argv += [flag, str(value)]
     return argv

@@ -5,7 +5,6 @@ Interface shared by both codecs (all differentiable, values in [0, 1] on the ima
     slot last, carrying alpha = 1;
   * ``decode_layers(latents [B,S,C,h,w]) -> (layers [B,K,4,H,W], background [B,3,H,W])``;
   * ``encode_photo(photo [B,3,H,W]) -> [B,Cp,h,w]``, ``decode_photo(latents) -> [B,3,H,W]``;
-  * ``encode_depth(depth [B,1,H,W]) -> [B,Cd,h,w]`` for the optional depth condition (``cobl.depth``);
   * ``latent_channels`` (C), ``photo_channels`` (Cp), ``depth_channels`` (Cd), ``downsample`` (H / h).
 
 ``VAECodec`` encodes a slot's RGB through a frozen ``AutoencoderKL`` and its alpha as a grey image through the
@@ -170,13 +169,15 @@ class VAECodec(LayerCodec):
 
 
 def encode_condition(codec: LayerCodec, photo: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
-    """The model's condition ``[B, Cp (+ Cd), h, w]``: the photo latent, then the depth latent when given.
+    """The model's condition ``[B, 3 (+ 1), H, W]``: the photo, then the relative depth when given, both in
+    [-1, 1] at the image resolution (what CObL's T2I-Adapters read; ``cobl.network``).
 
-    The one place the condition is assembled, so the trainer and the sampler feed the model alike."""
-    photo_latents = codec.encode_photo(photo)
+    The one place the condition is assembled, so the trainer and the sampler feed the model alike. ``codec``
+    is unused: the condition no longer goes through it (kept so callers need not change)."""
+    del codec
     if depth is None:
-        return photo_latents
-    return torch.cat([photo_latents, codec.encode_depth(depth.to(photo.dtype))], dim=1)
+        return _to_signed(photo)
+    return torch.cat([_to_signed(photo), _to_signed(depth.to(photo.dtype))], dim=1)
 
 
 def load_vae(path: str | Path):

@@ -32,10 +32,10 @@ class CObLConfig:
     space_to_depth_factor: int = 4
     unet: dict[str, Any] = field(default_factory=dict)
     train_base: bool = False  # tiny has no pretrained prior to keep, so it trains the whole UNet
-    null_cond_tokens: int = 4
-    cross_slot_head_dim: int = 16
-    full_attention_max_tokens: int = 1024  # per-slot tokens up to which cross-slot attention is full
-    photo_skip: bool = False  # zero-initialised per-slot linear photo -> prediction path (see CObLModel)
+    prompt_tokens: int = 4  # tiny: length of its fixed random prompt (sd: the tokenizer's, 77)
+    slot_attention_heads: int = 8  # heads of the attention across slots
+    adapter_res_blocks: int = 2  # ResBlocks per level of each T2I-Adapter
+    photo_skip: bool = False  # ours: zero-initialised per-slot linear photo -> prediction path (CObLModel)
     depth_condition: bool = False  # condition on relative depth as well as the photo (cobl.depth)
     depth_source: str = "rendered"  # train/eval depth: "rendered" (oracle) or "monocular" (simulated)
     prediction_type: str = "sample"
@@ -107,9 +107,9 @@ def tiny_config(num_objects: int = 4, resolution: int = 64) -> CObLConfig:
         space_to_depth_factor=4,
         unet=tiny_unet_kwargs(),
         train_base=True,
-        null_cond_tokens=4,
-        cross_slot_head_dim=16,
-        full_attention_max_tokens=64,  # full at 8x8, per-pixel at 16x16: keeps the step within ~1.2x plain
+        prompt_tokens=4,
+        slot_attention_heads=2,  # head width 16 at 32 channels
+        adapter_res_blocks=1,
         photo_skip=True,
         prediction_type="sample",
         beta_schedule="squaredcos_cap_v2",
@@ -125,15 +125,65 @@ def sd_config(num_objects: int = 6, resolution: int = 512) -> CObLConfig:
         codec="vae",
         unet={},
         train_base=False,
-        null_cond_tokens=77,
-        cross_slot_head_dim=64,
-        full_attention_max_tokens=1024,
+        prompt_tokens=77,
+        slot_attention_heads=8,
+        adapter_res_blocks=2,
         prediction_type="epsilon",
         beta_schedule="scaled_linear",
     )
 
 
+def sd21_base_unet_kwargs() -> dict[str, Any]:
+    """Stable Diffusion 2.1-base's UNet architecture (865,910,724 parameters, 22 ResBlocks, 16 transformer
+    blocks), to build the real shapes without weights (``cobl model summary``, bench/bench_train.py)."""
+    return dict(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=[320, 640, 1280, 1280],
+        down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        cross_attention_dim=1024,
+        attention_head_dim=[5, 10, 20, 20],
+        use_linear_projection=True,
+        norm_num_groups=32,
+    )
+
+
 CONFIGS = {"tiny": tiny_config, "sd": sd_config}
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """A config's training defaults (each overridable by its ``cobl train`` flag; train.options)."""
+
+    lr: float
+    min_lr: float  # the cosine schedule decays to this
+    snr_gamma: float  # min-SNR loss weighting; 0 = off
+    cond_dropout: float  # probability of zeroing the photo and depth conditions together
+    mixed_precision: str  # no | fp16 | bf16 (autocast)
+    gradient_checkpointing: bool
+    attention: str  # sdpa | eager
+
+
+RECIPES = {
+    # Ours, measured on the demo (docs/demo.md): tiny trains from scratch at a high rate in fp32.
+    "tiny": TrainRecipe(
+        lr=5e-4, min_lr=0.0, snr_gamma=0.0, cond_dropout=0.0, mixed_precision="no",
+        gradient_checkpointing=False, attention="sdpa",
+    ),
+    # The authors' recipe (docs/training.md).
+    "sd": TrainRecipe(
+        lr=1e-4, min_lr=1e-6, snr_gamma=5.0, cond_dropout=0.1, mixed_precision="bf16",
+        gradient_checkpointing=True, attention="sdpa",
+    ),
+}  # fmt: skip
+
+
+def recipe_for(config: CObLConfig) -> TrainRecipe:
+    """The training defaults of ``config`` (a config file takes its ``name``'s; unknown names: tiny's)."""
+    return RECIPES.get(config.name, RECIPES["tiny"])
 
 
 def get_config(name: str) -> CObLConfig:

@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cobl.codec import LayerCodec, SpaceToDepthCodec, VAECodec, load_vae
-from cobl.configs import CObLConfig
-from cobl.network import CObLModel
+from cobl.configs import CObLConfig, sd21_base_unet_kwargs
+from cobl.network import DEPTH_CHANNELS, PHOTO_CHANNELS, CObLModel
 from core.errors import UserError
 
 
@@ -33,43 +35,62 @@ def make_scheduler(config: CObLConfig, pretrained: str | Path | None = None):
     )
 
 
+def _module_options(config: CObLConfig, codec: LayerCodec) -> dict[str, Any]:
+    """What the config decides about the added modules, the same for a pretrained and a fresh base UNet."""
+    return dict(
+        num_slots=config.num_slots,
+        slot_channels=codec.latent_channels,
+        condition_channels=PHOTO_CHANNELS + (DEPTH_CHANNELS if config.depth_condition else 0),
+        latent_downsample=codec.downsample,
+        adapter_res_blocks=config.adapter_res_blocks,
+        slot_attention_heads=config.slot_attention_heads,
+        train_base=config.train_base,
+        photo_skip=config.photo_skip,
+    )
+
+
+def _check_text_folders(path: Path) -> None:
+    for part in ("tokenizer", "text_encoder"):
+        if not (path / part).is_dir():
+            raise UserError(
+                f"{path}: no {part}/ folder: CObL feeds the frozen UNet the text encoder's embedding of the "
+                f"empty prompt, so the Stable Diffusion folder needs tokenizer/ and text_encoder/",
+                option="pretrained",
+            )
+
+
+def check_pretrained(config: CObLConfig, pretrained: str | Path | None) -> None:
+    """A one-line UserError unless ``pretrained`` is what ``config`` needs: for ``sd`` (or any given folder)
+    a diffusers Stable Diffusion folder with unet/, tokenizer/ and text_encoder/."""
+    if config.name != "sd" and pretrained is None:
+        return
+    if pretrained is None:
+        raise UserError(
+            f"config {config.name} needs a local diffusers Stable Diffusion folder", option="pretrained"
+        )
+    path = Path(pretrained)
+    if not (path / "unet" / "config.json").is_file():
+        raise UserError(f"{path}: expected a diffusers Stable Diffusion folder (unet/)", option="pretrained")
+    _check_text_folders(path)
+
+
 def build(
     config: CObLConfig, pretrained: str | Path | None = None, vae: str | Path | None = None
 ) -> tuple[CObLModel, LayerCodec, Any]:
     """A fresh model, its frozen codec and the training scheduler.
 
-    ``tiny``: a randomly initialised UNet of ``config.unet`` (trained whole), the space-to-depth codec, or a
-    VAE fitted by ``cobl train-vae`` when ``vae`` is given. ``sd``: the UNet, VAE and scheduler of the local
+    ``tiny``: a randomly initialised UNet of ``config.unet`` (trained whole) fed a fixed random prompt
+    embedding, the space-to-depth codec, or a VAE fitted by ``cobl train-vae`` when ``vae`` is given. ``sd``:
+    the UNet, VAE, scheduler and the empty prompt's text embedding (tokenizer/ + text_encoder/) of the local
     diffusers folder ``pretrained``.
     """
     config.validate()
-    # What the config decides about the new modules, the same for a pretrained and a fresh base UNet.
-    module_options = dict(
-        null_cond_tokens=config.null_cond_tokens,
-        cross_slot_head_dim=config.cross_slot_head_dim,
-        full_attention_max_tokens=config.full_attention_max_tokens,
-        train_base=config.train_base,
-        photo_skip=config.photo_skip,
-    )
     if config.name == "sd" or pretrained is not None:
-        if pretrained is None:
-            raise UserError(
-                f"config {config.name} needs a local diffusers Stable Diffusion folder", option="pretrained"
-            )
+        check_pretrained(config, pretrained)
         path = Path(pretrained)
-        if not (path / "unet" / "config.json").is_file():
-            raise UserError(
-                f"{path}: expected a diffusers Stable Diffusion folder with unet/", option="pretrained"
-            )
         codec: LayerCodec = VAECodec(load_vae(vae if vae is not None else path / "vae"))
         model = CObLModel.from_pretrained_sd(
-            path,
-            num_objects=config.num_objects,
-            slot_channels=codec.latent_channels,
-            photo_channels=codec.photo_channels,
-            depth_channels=_depth_channels(config, codec),
-            null_cond_init=_empty_prompt_embedding(path, config.null_cond_tokens),
-            **module_options,
+            path, empty_prompt_embedding(path), **_module_options(config, codec)
         )
         return model, codec, make_scheduler(config, path)
 
@@ -79,49 +100,72 @@ def build(
                 f"config {config.name}: codec 'vae' needs a VAE folder (from `cobl train-vae`)", option="vae"
             )
         codec = VAECodec(load_vae(vae))
-        base_channels = codec.vae_channels
     else:
         codec = SpaceToDepthCodec(config.space_to_depth_factor)
-        base_channels = codec.latent_channels
     unet_config = dict(
         config.unet,
         sample_size=config.resolution // codec.downsample,
-        in_channels=base_channels,
-        out_channels=base_channels,
+        in_channels=codec.latent_channels,  # tiny's UNet models the whole slot latent (alpha included)
+        out_channels=codec.latent_channels,
     )
     model = CObLModel(
-        unet_config=unet_config,
-        num_slots=config.num_slots,
-        slot_channels=codec.latent_channels,
-        photo_channels=codec.photo_channels,
-        depth_channels=_depth_channels(config, codec),
-        **module_options,
+        unet_config=unet_config, prompt_tokens=config.prompt_tokens, **_module_options(config, codec)
     )
+    with torch.no_grad():  # no text encoder at this size: a fixed random "prompt" the UNet learns to read
+        generator = torch.Generator().manual_seed(0)
+        model.prompt_embedding.copy_(torch.randn(model.prompt_embedding.shape, generator=generator))
     return model, codec, make_scheduler(config)
 
 
-def _depth_channels(config: CObLConfig, codec: LayerCodec) -> int:
-    """Condition channels the depth map adds: the codec's depth latent when the config asks for depth."""
-    return codec.depth_channels if config.depth_condition else 0
+def build_shapes(config: CObLConfig, unet: dict[str, Any] | None = None) -> CObLModel:
+    """The model's modules on the meta device (shapes, no memory, no weights): ``sd`` at Stable Diffusion
+    2.1-base's UNet architecture (``sd21_base_unet_kwargs``) with its VAE's 8x / 4-channel latents."""
+    config.validate()
+    if config.codec == "vae":
+        kwargs = dict(unet or sd21_base_unet_kwargs())
+        kwargs["sample_size"] = config.resolution // 8
+        codec_like = _Shapes(latent_channels=2 * kwargs["in_channels"], downsample=8)
+    else:
+        codec_like = SpaceToDepthCodec(config.space_to_depth_factor)
+        kwargs = dict(
+            config.unet,
+            sample_size=config.resolution // codec_like.downsample,
+            in_channels=codec_like.latent_channels,
+            out_channels=codec_like.latent_channels,
+        )
+    with torch.device("meta"):
+        return CObLModel(
+            unet_config=kwargs, prompt_tokens=config.prompt_tokens, **_module_options(config, codec_like)
+        )
 
 
-def _empty_prompt_embedding(path: Path, tokens: int):
-    """The text encoder's output for "" when the SD folder ships one (better than zeros), else None."""
-    if not ((path / "text_encoder").is_dir() and (path / "tokenizer").is_dir()):
-        return None
+class _Shapes:
+    def __init__(self, latent_channels: int, downsample: int) -> None:
+        self.latent_channels, self.downsample = latent_channels, downsample
+
+
+def empty_prompt_embedding(path: str | Path) -> torch.Tensor:
+    """The frozen text encoder's output ``[1, 77, D]`` for the empty prompt "", from ``PATH/tokenizer`` and
+    ``PATH/text_encoder`` of a diffusers Stable Diffusion folder; a one-line UserError if one is missing."""
     try:
-        import torch
-        from transformers import AutoTokenizer, CLIPTextModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+    except ImportError as err:  # a declared dependency (pyproject.toml); say so on one line
+        message = f"the sd config needs the transformers package ({err})"
+        raise UserError(message, option="pretrained") from None
 
-        tok = AutoTokenizer.from_pretrained(path / "tokenizer")
-        enc = CLIPTextModel.from_pretrained(path / "text_encoder")
-        ids = tok(
-            [""], padding="max_length", max_length=tokens, truncation=True, return_tensors="pt"
-        ).input_ids
-        with torch.no_grad():
-            return enc(ids)[0]
-    except (OSError, ValueError, KeyError, ImportError, RuntimeError):  # optional: zeros instead
-        return None
+    path = Path(path)
+    _check_text_folders(path)
+    tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
+    encoder = CLIPTextModel.from_pretrained(path / "text_encoder").eval()
+    ids = tokenizer(
+        [""],
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    with torch.no_grad():
+        return encoder(ids)[0].float()
 
 
-__all__ = ["build", "make_scheduler"]
+__all__ = ["build", "build_shapes", "empty_prompt_embedding", "make_scheduler"]

@@ -1,37 +1,54 @@
-"""CObLModel: one Stable-Diffusion UNet shared by K object slots + 1 background slot, denoised concurrently.
+"""CObLModel: one frozen Stable-Diffusion UNet shared by K object slots + 1 background slot, run together.
 
-The diffusers ``UNet2DConditionModel`` is wrapped, not forked (it is the ``unet`` submodule):
-  * ``conv_in`` is expanded to take ``[slot latent (C) | photo latent (Cp)]``. The first ``c0`` slot channels
-    (the RGB latent, ``c0`` = the base UNet's ``in_channels``) keep the pretrained weights; the remaining slot
-    channels (the alpha latent) and the photo channels start at zero, so the pretrained behaviour is the
-    starting point.
-  * ``conv_out`` is expanded to predict all C slot channels; the RGB part keeps the pretrained weights, the
-    alpha part starts at zero.
-  * every transformer block's self-attention gets a zero-initialised cross-slot residual
-    (``cobl.cross_slot``).
-  * a learned null conditioning replaces the text encoder's output: no text model is needed.
-So at initialisation, the RGB channels of every slot equal the base UNet's output on that slot's RGB latent.
+The authors' architecture (docs/architecture.md), built around an unmodified diffusers
+``UNet2DConditionModel`` (the ``unet`` submodule, its own parameter names; frozen unless ``train_base``). The
+added modules live beside it and are attached with forward hooks, so the UNet's code and state dict stay
+those of diffusers:
+
+  * two T2I-Adapters (diffusers ``T2IAdapter``, ``full_adapter``): one reads the photo (3 channels in
+    [-1, 1]), one the relative depth (1 channel in [-1, 1]); per level the features fuse as
+    ``f = f_photo + w * f_depth`` (``w`` learnable, initialised to 1) and are broadcast to every slot;
+  * gated injection into every encoder ResBlock of level ``l``: ``h = a * ResBlock(x) + (1 - a) * f_l``;
+  * a ``SlotConv`` after every ResBlock (down, mid and up) and a ``SlotAttention`` after every transformer
+    block (``cobl.cross_slot``);
+  * every gate ``a`` is clamped to [0, 1] and starts at 1, so at initialisation each slot's prediction is
+    exactly the frozen UNet's on that slot.
+
+Text: the UNet is fed ``prompt_embedding``, the frozen text encoder's output for the empty prompt, computed
+once when the model is built (``cobl.factory``) and saved with it (a buffer, never trained).
+
+Our one deviation from the authors (layers are straight-alpha RGBA, not RGB on a grey backdrop): a slot latent
+has ``slot_channels`` = the UNet's ``in_channels`` + alpha channels. When there are alpha channels, a
+zero-initialised ``alpha_in`` conv adds them to ``conv_in``'s output and a zero-initialised ``alpha_out`` conv
+predicts them from ``conv_out``'s input; the UNet's own channels are untouched (the alpha prediction starts at
+0). The optional per-slot ``photo_skip`` (ours, tiny config only; docs/demo.md) is a zero-initialised linear
+map from the space-to-depth photo (+ depth) to each slot's prediction.
 
 Slot layout: ``S = K + 1``; slots ``0..K-1`` are objects (0 frontmost), slot ``K`` is the background.
 """
 
 from __future__ import annotations
 
-import copy
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import ModelMixin, UNet2DConditionModel
+import torch.nn.functional as F
+from diffusers import ModelMixin, T2IAdapter, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
-from cobl.cross_slot import CrossSlotAttention, insert_cross_slot_attention
+from cobl.cross_slot import Gate, SlotAttention, SlotConv
 from core.errors import UserError
 
-# Parameter-name fragments of the modules CObL adds; everything else in ``unet`` is the (frozen) base.
-NEW_MODULE_KEYS = ("conv_in", "conv_out", "cross_slot", "null_encoder_hidden_states", "photo_skip")
 _PRIVATE_CONFIG_KEYS = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
+PHOTO_CHANNELS, DEPTH_CHANNELS = 3, 1  # the adapters' inputs: RGB photo, one-channel relative depth
+ATTENTION_KINDS = ("sdpa", "eager")
 
 
 def clean_unet_config(config: Any) -> dict[str, Any]:
@@ -40,11 +57,25 @@ def clean_unet_config(config: Any) -> dict[str, Any]:
     return {k: v for k, v in out.items() if k not in _PRIVATE_CONFIG_KEYS}
 
 
-class CObLModel(ModelMixin, ConfigMixin):
-    """``forward(noisy_latents [B,S,C,h,w], timesteps [B], photo_latents [B,Cp(+Cd),h,w]) -> [B,S,C,h,w]``.
+def unet_resnets(unet: UNet2DConditionModel) -> list[tuple[str, int, ResnetBlock2D]]:
+    """Every ResBlock of ``unet`` in forward order as ``(part, level, block)``, part in down/mid/up."""
+    out = [("down", level, r) for level, block in enumerate(unet.down_blocks) for r in block.resnets]
+    out += [("mid", len(unet.down_blocks), r) for r in unet.mid_block.resnets]
+    out += [("up", level, r) for level, block in enumerate(unet.up_blocks) for r in block.resnets]
+    return out
 
-    ``photo_latents`` is the condition of ``cobl.codec.encode_condition``: with ``depth_channels`` > 0 the
-    depth latent follows the photo latent on the channel axis."""
+
+def unet_transformer_blocks(unet: UNet2DConditionModel) -> list[BasicTransformerBlock]:
+    """Every transformer block of ``unet`` in forward order (down, mid, up)."""
+    parts = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    return [m for part in parts for m in part.modules() if isinstance(m, BasicTransformerBlock)]
+
+
+class CObLModel(ModelMixin, ConfigMixin):
+    """``forward(noisy_latents [B,S,C,h,w], timesteps [B], condition [B,3(+1),H,W]) -> [B,S,C,h,w]``.
+
+    ``condition`` is ``cobl.codec.encode_condition``'s: the photo in [-1, 1], then (for a depth-
+    conditioned model) the relative depth in [-1, 1], at the image size ``H = h * latent_downsample``."""
 
     config_name = "config.json"
     _supports_gradient_checkpointing = True
@@ -55,120 +86,121 @@ class CObLModel(ModelMixin, ConfigMixin):
         unet_config: dict[str, Any],
         num_slots: int = 7,
         slot_channels: int = 8,
-        photo_channels: int = 4,
-        null_cond_tokens: int = 77,
-        cross_slot_head_dim: int = 64,
-        full_attention_max_tokens: int = 1024,
+        condition_channels: int = PHOTO_CHANNELS,
+        latent_downsample: int = 8,
+        adapter_res_blocks: int = 2,
+        slot_attention_heads: int = 8,
+        prompt_tokens: int = 77,
         train_base: bool = False,
         photo_skip: bool = False,
-        depth_channels: int = 0,
     ):
         super().__init__()
-        self.unet = UNet2DConditionModel.from_config(unet_config)
-        c0 = self.unet.config.in_channels
-        if slot_channels % c0 or self.unet.config.out_channels != c0:
+        if condition_channels not in (PHOTO_CHANNELS, PHOTO_CHANNELS + DEPTH_CHANNELS):
             raise ValueError(
-                f"slot_channels {slot_channels} must be a multiple of the base UNet's in_channels {c0}, "
-                f"and its out_channels must equal in_channels"
+                f"condition_channels must be 3 (photo) or 4 (photo + depth), got {condition_channels}"
             )
-        self._expand_convs(self.unet.conv_in, self.unet.conv_out)
-        insert_cross_slot_attention(self.unet, num_slots, cross_slot_head_dim, full_attention_max_tokens)
-        dim = self.unet.config.cross_attention_dim
-        dim = dim[0] if isinstance(dim, (list, tuple)) else dim
-        self.null_encoder_hidden_states = nn.Parameter(torch.zeros(1, null_cond_tokens, dim))
-        # Optional per-slot linear map photo latent -> slot prediction, zero-initialised (so step 0 is still
-        # the base UNet). It makes "copy the photo where this slot shows it" a linear job instead of one the
-        # whole UNet must learn; with a lossless pixel codec that is most of the background slot and the
-        # visible part of every object.
+        self.unet = UNet2DConditionModel.from_config(unet_config)
+        ucfg = self.unet.config
+        c0 = ucfg.in_channels
+        if ucfg.out_channels != c0 or slot_channels < c0:
+            raise ValueError(
+                f"the base UNet needs out_channels == in_channels <= slot_channels {slot_channels}, got "
+                f"{ucfg.in_channels} -> {ucfg.out_channels}"
+            )
+        levels = list(ucfg.block_out_channels)
+        groups = ucfg.norm_num_groups
+        # --- the condition: T2I-Adapters, per-level fusion, gated injection into the encoder ResBlocks
+        adapter = dict(channels=levels, num_res_blocks=adapter_res_blocks, downscale_factor=latent_downsample)
+        self.photo_adapter = T2IAdapter(in_channels=PHOTO_CHANNELS, **adapter)
+        if condition_channels > PHOTO_CHANNELS:
+            self.depth_adapter = T2IAdapter(in_channels=DEPTH_CHANNELS, **adapter)
+            self.depth_weights = nn.Parameter(torch.ones(len(levels)))
+        resnets = unet_resnets(self.unet)
+        encoder = [(i, level) for i, (part, level, _) in enumerate(resnets) if part == "down"]
+        self.inject_gates = nn.ModuleList(Gate() for _ in encoder)
+        self._injection = {i: (g, level) for g, (i, level) in enumerate(encoder)}
+        # --- across slots: a slot conv after every ResBlock, slot attention after every transformer block
+        self.slot_convs = nn.ModuleList(SlotConv(r.out_channels, num_slots, groups) for _, _, r in resnets)
+        blocks = unet_transformer_blocks(self.unet)
+        self.slot_attentions = nn.ModuleList(
+            SlotAttention(b.attn1.query_dim, num_slots, slot_attention_heads) for b in blocks
+        )
+        # --- ours: the alpha latent beside the UNet's own channels; the optional photo skip
+        extra = slot_channels - c0
+        if extra:
+            conv_in, conv_out = self.unet.conv_in, self.unet.conv_out
+            self.alpha_in = nn.Conv2d(
+                extra, conv_in.out_channels, conv_in.kernel_size, padding=conv_in.padding
+            )
+            self.alpha_out = nn.Conv2d(
+                conv_out.in_channels, extra, conv_out.kernel_size, padding=conv_out.padding
+            )
+            for conv in (self.alpha_in, self.alpha_out):
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
         if photo_skip:
-            self.photo_skip_weight = nn.Parameter(
-                torch.zeros(num_slots, slot_channels, photo_channels + depth_channels)
-            )
+            skip_inputs = condition_channels * latent_downsample**2
+            self.photo_skip_weight = nn.Parameter(torch.zeros(num_slots, slot_channels, skip_inputs))
             self.photo_skip_bias = nn.Parameter(torch.zeros(num_slots, slot_channels))
+        dim = ucfg.cross_attention_dim
+        dim = dim[0] if isinstance(dim, (list, tuple)) else dim
+        self.register_buffer("prompt_embedding", torch.zeros(1, prompt_tokens, dim))
+        # --- attach: hooks keep the UNet's code and parameter names those of diffusers
+        self._context: dict[str, Any] = {}
+        self._plain = False  # True: the hooks step aside and the UNet runs as the plain frozen prior
+        for index, (_, _, resnet) in enumerate(resnets):
+            resnet.register_forward_hook(partial(self._after_resnet, index))
+        for index, block in enumerate(blocks):
+            block.register_forward_hook(partial(self._after_transformer_block, index))
+        self.unet.conv_in.register_forward_hook(self._after_conv_in)
+        self.unet.conv_out.register_forward_hook(self._after_conv_out)
         self.set_trainable()
 
-    # ------------------------------------------------------------------ construction
-    def _expand_convs(self, base_in: nn.Conv2d, base_out: nn.Conv2d) -> None:
-        """Replace ``conv_in``/``conv_out`` by expanded ones, initialised from ``base_in``/``base_out``."""
-        cfg = self.config
-        c0 = base_in.in_channels
-        conv_in = nn.Conv2d(
-            cfg.slot_channels + self.condition_channels,
-            base_in.out_channels,
-            kernel_size=base_in.kernel_size,
-            padding=base_in.padding,
-        )
-        conv_out = nn.Conv2d(
-            base_out.in_channels,
-            cfg.slot_channels,
-            kernel_size=base_out.kernel_size,
-            padding=base_out.padding,
-        )
-        with torch.no_grad():
-            conv_in.weight.zero_()
-            conv_in.weight[:, :c0] = base_in.weight
-            conv_in.bias.copy_(base_in.bias)
-            conv_out.weight.zero_()
-            conv_out.bias.zero_()
-            conv_out.weight[:c0] = base_out.weight
-            conv_out.bias[:c0] = base_out.bias
-        self.unet.conv_in = conv_in.to(base_in.weight.dtype)
-        self.unet.conv_out = conv_out.to(base_out.weight.dtype)
+    # ------------------------------------------------------------------ hooks
+    def _after_resnet(self, index: int, module: nn.Module, args: tuple, output: torch.Tensor) -> Any:
+        if self._plain:
+            return None
+        if index in self._injection:
+            gate, level = self._injection[index]
+            output = self.inject_gates[gate](output, self._context["features"][level])
+        return self.slot_convs[index](output)
 
+    def _after_transformer_block(self, index: int, module: nn.Module, args: tuple, output: Any) -> Any:
+        if self._plain:
+            return None
+        return self.slot_attentions[index](output)
+
+    def _after_conv_in(self, module: nn.Module, args: tuple, output: torch.Tensor) -> Any:
+        alpha = self._context.get("alpha")
+        if self._plain or alpha is None:
+            return None
+        return output + self.alpha_in(alpha.to(output.dtype))
+
+    def _after_conv_out(self, module: nn.Module, args: tuple, output: torch.Tensor) -> Any:
+        if self._plain or not hasattr(self, "alpha_out"):
+            return None
+        return torch.cat([output, self.alpha_out(args[0]).to(output.dtype)], dim=1)
+
+    # ------------------------------------------------------------------ construction
     @classmethod
     def from_unet(
-        cls,
-        unet: UNet2DConditionModel,
-        num_slots: int,
-        slot_channels: int,
-        photo_channels: int,
-        null_cond_tokens: int = 77,
-        cross_slot_head_dim: int = 64,
-        full_attention_max_tokens: int = 1024,
-        train_base: bool = False,
-        null_cond_init: torch.Tensor | None = None,
-        photo_skip: bool = False,
-        depth_channels: int = 0,
+        cls, unet: UNet2DConditionModel, prompt_embedding: torch.Tensor | None = None, **config: Any
     ) -> CObLModel:
-        """Build CObL around a (pretrained) base UNet; ``unet`` itself is left untouched."""
-        model = cls(
-            unet_config=clean_unet_config(unet.config),
-            num_slots=num_slots,
-            slot_channels=slot_channels,
-            photo_channels=photo_channels,
-            null_cond_tokens=null_cond_tokens,
-            cross_slot_head_dim=cross_slot_head_dim,
-            full_attention_max_tokens=full_attention_max_tokens,
-            train_base=train_base,
-            photo_skip=photo_skip,
-            depth_channels=depth_channels,
-        )
-        base_state = {
-            k: v for k, v in unet.state_dict().items() if not k.startswith(("conv_in.", "conv_out."))
-        }
-        # The wrapped self-attention lives one level deeper: "...attn1.to_q" -> "...attn1.attn.to_q".
-        base_state = {k.replace(".attn1.", ".attn1.attn."): v for k, v in base_state.items()}
-        missing, unexpected = model.unet.load_state_dict(base_state, strict=False)
-        new_missing = [k for k in missing if not any(n in k for n in NEW_MODULE_KEYS)]
-        if new_missing or unexpected:
-            raise ValueError(
-                f"base UNet does not fit: missing {new_missing[:3]}, unexpected {unexpected[:3]}"
-            )
-        model._expand_convs(copy.deepcopy(unet.conv_in), copy.deepcopy(unet.conv_out))
-        if null_cond_init is not None:
-            with torch.no_grad():
-                model.null_encoder_hidden_states.copy_(
-                    null_cond_init.reshape(model.null_encoder_hidden_states.shape)
-                )
+        """CObL around a (pretrained) base UNet, whose weights are copied (``unet`` itself is left untouched);
+        ``prompt_embedding [1, T, D]`` is the text encoder's output for "" (``config`` as ``__init__``'s)."""
+        if prompt_embedding is not None:
+            config["prompt_tokens"] = prompt_embedding.shape[-2]
+        model = cls(unet_config=clean_unet_config(unet.config), **config)
+        model.unet.load_state_dict(unet.state_dict(), strict=True)
+        if prompt_embedding is not None:
+            model.prompt_embedding.copy_(prompt_embedding.reshape(model.prompt_embedding.shape))
         if unet.dtype != model.dtype:
             model.to(unet.dtype)
         model.set_trainable()
         return model
 
     @classmethod
-    def from_pretrained_sd(
-        cls, path: str | Path, num_objects: int, slot_channels: int, photo_channels: int, **kwargs: Any
-    ) -> CObLModel:
+    def from_pretrained_sd(cls, path: str | Path, prompt_embedding: torch.Tensor, **config: Any) -> CObLModel:
         """CObL around the UNet of a local diffusers-format Stable Diffusion folder (``PATH/unet``)."""
         unet_dir = Path(path) / "unet"
         if not (unet_dir / "config.json").is_file():
@@ -176,20 +208,41 @@ class CObLModel(ModelMixin, ConfigMixin):
                 f"{path}: expected a diffusers Stable Diffusion folder with unet/config.json",
                 option="pretrained",
             )
-        unet = UNet2DConditionModel.from_pretrained(unet_dir)
-        return cls.from_unet(unet, num_objects + 1, slot_channels, photo_channels, **kwargs)
+        return cls.from_unet(UNet2DConditionModel.from_pretrained(unet_dir), prompt_embedding, **config)
 
     # ------------------------------------------------------------------ training helpers
     def set_trainable(self) -> None:
-        """Freeze the base UNet (unless ``train_base``); the new modules always train."""
+        """Freeze the base UNet (unless ``train_base``); the added modules always train."""
         for name, param in self.named_parameters():
-            param.requires_grad_(self.config.train_base or any(k in name for k in NEW_MODULE_KEYS))
+            param.requires_grad_(self.config.train_base or not name.startswith("unet."))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def cross_slot_modules(self) -> list[CrossSlotAttention]:
-        return [m for m in self.modules() if isinstance(m, CrossSlotAttention)]
+    def gates(self) -> list[Gate]:
+        return [m for m in self.modules() if isinstance(m, Gate)]
+
+    def clamp_gates_(self) -> None:
+        """Project every gate back into [0, 1] (after an optimizer step; the forward clamps as well)."""
+        for gate in self.gates():
+            gate.clamp_()
+
+    def set_attention(self, kind: str) -> None:
+        """``sdpa``: torch's scaled_dot_product_attention (diffusers' default); ``eager``: the plain matmul
+        processor. Applies to the UNet's attention and to the slot attention alike."""
+        if kind not in ATTENTION_KINDS:
+            raise UserError(f"expected one of {ATTENTION_KINDS}, got {kind!r}", option="attention")
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.set_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
+
+    def module_counts(self) -> dict[str, int]:
+        """How many of each added module kind the model holds."""
+        return {
+            "slot_convs": len(self.slot_convs),
+            "slot_attentions": len(self.slot_attentions),
+            "adapters": 1 + int(self.uses_depth),
+        }
 
     @property
     def num_slots(self) -> int:
@@ -197,38 +250,78 @@ class CObLModel(ModelMixin, ConfigMixin):
 
     @property
     def condition_channels(self) -> int:
-        """Channels of the condition the model takes: the photo latent, then the depth latent if any."""
-        return self.config.photo_channels + self.config.depth_channels
+        """Channels of the condition the model takes: the photo (3), then the depth (1) if any."""
+        return self.config.condition_channels
 
     @property
     def uses_depth(self) -> bool:
-        return self.config.depth_channels > 0
+        return self.config.condition_channels > PHOTO_CHANNELS
 
     # ------------------------------------------------------------------ forward
-    def forward(
-        self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, photo_latents: torch.Tensor
-    ) -> torch.Tensor:
+    def _check(self, noisy_latents: torch.Tensor, condition: torch.Tensor | None) -> None:
         b, s, c, h, w = noisy_latents.shape
         if s != self.config.num_slots or c != self.config.slot_channels:
             raise ValueError(
                 f"noisy_latents: expected [B, {self.config.num_slots}, {self.config.slot_channels}, h, w], "
                 f"got {list(noisy_latents.shape)}"
             )
-        if photo_latents.shape[1] != self.condition_channels:
+        if condition is None:
+            return
+        f = self.config.latent_downsample
+        if condition.shape[1] != self.condition_channels or condition.shape[-2:] != (h * f, w * f):
             what = "photo + depth" if self.uses_depth else "photo"
             raise ValueError(
-                f"photo_latents: expected {self.condition_channels} channels ({what} condition), "
-                f"got {photo_latents.shape[1]}"
+                f"condition: expected [B, {self.condition_channels}, {h * f}, {w * f}] ({what}), "
+                f"got {list(condition.shape)}"
             )
-        photo = photo_latents.to(noisy_latents.dtype)[:, None].expand(b, s, *photo_latents.shape[1:])
-        x = torch.cat([noisy_latents, photo], dim=2).reshape(b * s, c + photo_latents.shape[1], h, w)
+
+    def _unet(self, x: torch.Tensor, timesteps: torch.Tensor, b: int, s: int) -> torch.Tensor:
         t = torch.as_tensor(timesteps, device=x.device)
         t = t.expand(b) if t.ndim == 0 else t
         t = t.repeat_interleave(s)  # one timestep per scene, shared by its slots
-        cond = self.null_encoder_hidden_states.to(x.dtype).expand(b * s, -1, -1)
-        out = self.unet(x, t, encoder_hidden_states=cond, return_dict=False)[0].view(b, s, c, h, w)
+        text = self.prompt_embedding.to(x.dtype).expand(x.shape[0], -1, -1)
+        return self.unet(x, t, encoder_hidden_states=text, return_dict=False)[0]
+
+    def forward(
+        self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor
+    ) -> torch.Tensor:
+        self._check(noisy_latents, condition)
+        b, s, c, h, w = noisy_latents.shape
+        c0 = self.unet.config.in_channels
+        condition = condition.to(noisy_latents.dtype)
+        features = self.photo_adapter(condition[:, :PHOTO_CHANNELS])
+        if self.uses_depth:
+            depth = self.depth_adapter(condition[:, PHOTO_CHANNELS:])
+            weights = self.depth_weights.to(condition.dtype)
+            features = [f + weights[i] * d for i, (f, d) in enumerate(zip(features, depth, strict=True))]
+        x = noisy_latents.reshape(b * s, c, h, w)
+        # Read by the hooks during this forward (and by gradient checkpointing's recomputation in backward).
+        self._context = {
+            "features": [f.repeat_interleave(s, dim=0) for f in features],
+            "alpha": x[:, c0:] if c > c0 else None,
+        }
+        out = self._unet(x[:, :c0], timesteps, b, s).view(b, s, c, h, w)
         if self.config.photo_skip:
-            weight = self.photo_skip_weight.to(out.dtype)
-            skip = torch.einsum("sck,bkhw->bschw", weight, photo_latents.to(out.dtype))
+            skip_in = F.pixel_unshuffle(condition, self.config.latent_downsample).to(out.dtype)
+            skip = torch.einsum("sck,bkhw->bschw", self.photo_skip_weight.to(out.dtype), skip_in)
             out = out + skip + self.photo_skip_bias.to(out.dtype)[None, :, :, None, None]
         return out
+
+    @contextmanager
+    def plain(self):
+        """Within this context the hooks step aside: ``self.unet`` is the plain (frozen) UNet."""
+        self._plain, before = True, self._plain
+        try:
+            yield self.unet
+        finally:
+            self._plain = before
+
+    def prior(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The plain UNet's prediction ``[B, S, c0, h, w]`` for the UNet's own channels of every slot (no
+        condition, no cross-slot modules): the Stable Diffusion prior the sampler may pull towards."""
+        self._check(noisy_latents, None)
+        b, s, c, h, w = noisy_latents.shape
+        c0 = self.unet.config.in_channels
+        with self.plain():
+            out = self._unet(noisy_latents[:, :, :c0].reshape(b * s, c0, h, w), timesteps, b, s)
+        return out.view(b, s, c0, h, w)

@@ -2,17 +2,19 @@
 
 At a sampler step the denoiser's output gives a prediction of the clean latents ``x0`` of every slot. The
 codec decodes them (differentiably) into object layers and a background, ``cobl.layers.composite`` stacks
-them, and the recomposition error ``L = mean(valid * (composite - photo)^2)`` is differentiated. One
-normalised gradient step is taken per sampler step (as the authors do), with a weight that follows a schedule
-over the sampling progress.
+them, and the recomposition error ``L = mean(valid * (composite - photo)^2)`` is differentiated, and
+normalised gradient steps are taken with a weight that follows a schedule over the sampling progress. The
+authors take one such step per sampler step (modes ``"x0"`` and ``"latents"`` do; the ``"authors"`` preset of
+``infer.settings`` uses ``"latents"``); our default mode ``"both"`` takes two per step while the denoiser
+gradient is on (the first quarter of the sampling) and one afterwards.
 
 Three ways to get the gradient (``mode``):
   * ``"x0"``: ``dL/dx0`` through the decoder only, applied to the clean prediction, which the
     scheduler step then turns into the next latents. This is the latent gradient with the denoiser's Jacobian
     replaced by its skip path; it costs one decoder forward and backward per step and no denoiser backward.
   * ``"latents"``: ``dL/dx_t`` through the denoiser as well (exact, about twice the denoiser's cost), applied
-    to the latents after the scheduler step (as in diffusion posterior sampling), except after the last step,
-    whose output is the result itself.
+    to the latents after the scheduler step (as in diffusion posterior sampling), except at the last step,
+    whose output is the result itself: there the decoder-only step on the clean prediction is taken instead.
   * ``"both"`` (default): the two steps together, the denoiser gradient only in the first ``denoiser_until``
     of the sampling (0.25), where it shapes which slot holds which object, so the cost stays near 1.5x
     unguided (``bench/bench_guidance.py``).

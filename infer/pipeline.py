@@ -22,6 +22,7 @@ what diffusers' loader looks up (``sys.modules['cobl.network']``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,14 +36,14 @@ from diffusers.utils.torch_utils import randn_tensor
 from cobl.codec import SpaceToDepthCodec, VAECodec, encode_condition
 from cobl.configs import CObLConfig
 from cobl.network import CObLModel
-from cobl.parametrization import output_from_x0, predict_x0
+from cobl.parametrization import output_from_x0, per_sample, predict_x0
 from cobl.slots import occupied_slots, permute_slots
 from core.errors import UserError
 from core.layers import ALPHA_CHANNEL, visible_weights
 from core.policy import MIN_OBJECT_AREA
 from infer.guidance import best_slot_order, decoded_error, guide_x0, normalised_step
 from infer.io import Letterbox
-from infer.settings import DEFAULT_SAMPLING_STEPS, MIN_VISIBLE, SAMPLERS, GuidanceConfig
+from infer.settings import DEFAULT_SAMPLING_STEPS, MIN_VISIBLE, PRESETS, SAMPLERS, GuidanceConfig
 
 _GUIDANCE = GuidanceConfig()  # the defaults of __call__'s guidance arguments
 
@@ -54,6 +55,7 @@ class CObLPipelineOutput(BaseOutput):
     layers: torch.Tensor  # [B, K, 4, R, R], slot 0 frontmost, every slot (empty ones included)
     background: torch.Tensor  # [B, 3, R, R]
     latents: torch.Tensor  # [B, S, C, h, w], the final clean latents
+    pruned: list | None = None  # (step, sample, slot) of every object slot reset to empty while sampling
 
 
 class CObLPipeline(DiffusionPipeline):
@@ -158,12 +160,40 @@ class CObLPipeline(DiffusionPipeline):
         if isinstance(last, torch.Tensor) and last.dim() == 5:
             self.scheduler.last_sample = permute_slots(last, perm)
 
+    def _empty_latent(self, like: torch.Tensor) -> torch.Tensor:
+        """The latent ``[C, h, w]`` of an empty object layer (alpha 0 everywhere)."""
+        r = self.resolution
+        empty = torch.zeros(1, 1, 4, r, r, device=like.device, dtype=like.dtype)
+        return self.codec.encode_layers(empty, empty[:, 0, :3])[0, 0]
+
+    def _prune(
+        self, latents: torch.Tensor, x0: torch.Tensor, alpha_bar: torch.Tensor, cfg: GuidanceConfig, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
+        """Reset every object slot that holds no object (area <= ``cfg.min_area``) or is fully hidden to the
+        empty layer: its clean prediction becomes the empty latent and its noisy latent is re-formed from it
+        with the slot's current noise estimate. Returns (latents, x0, [(step, sample, slot) reset])."""
+        layers, _ = self._decode(x0)
+        empty = self._empty_latent(x0)
+        a = per_sample(alpha_bar.sqrt(), latents)[:, 0]
+        sigma = per_sample((1 - alpha_bar).sqrt(), latents)[:, 0]
+        latents, x0, removed = latents.clone(), x0.clone(), []
+        for b in range(layers.shape[0]):
+            kept = set(discover_objects(layers[b].float(), cfg.min_area, MIN_VISIBLE))
+            for k in range(layers.shape[1]):
+                if k in kept:
+                    continue
+                noise = (latents[b, k] - a[b] * x0[b, k]) / sigma[b].clamp_min(1e-8)
+                x0[b, k] = empty
+                latents[b, k] = a[b] * empty + sigma[b] * noise
+                removed.append((step, b, k))
+        return latents, x0, removed
+
     @torch.no_grad()
     def __call__(
         self,
         photo: torch.Tensor,
         depth: torch.Tensor | None = None,
-        num_inference_steps: int = DEFAULT_SAMPLING_STEPS,
+        num_inference_steps: int | None = None,
         guidance_scale: float = _GUIDANCE.scale,
         generator: torch.Generator | None = None,
         *,
@@ -172,6 +202,9 @@ class CObLPipeline(DiffusionPipeline):
         guidance_start: float = _GUIDANCE.start,
         denoiser_gradient_until: float = _GUIDANCE.denoiser_until,
         reorder_every: int = _GUIDANCE.reorder_every,
+        prune_every: int = _GUIDANCE.prune_every,
+        prior_weight: float = _GUIDANCE.prior_weight,
+        preset: str | None = None,
         valid_mask: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
         return_dict: bool = True,
@@ -183,16 +216,33 @@ class CObLPipeline(DiffusionPipeline):
 
         ``guidance_scale`` 0 turns composite guidance off; ``valid_mask [B or 1, 1, R, R]`` excludes padding
         from the guidance loss; ``guidance_start`` skips guidance (and its cost) in the first part of the
-        sampling; ``reorder_every`` N > 0 searches the object slot order every N steps.
+        sampling; ``reorder_every`` N > 0 searches the object slot order every N steps; ``prune_every`` N > 0
+        resets empty or fully hidden object slots to the empty layer every N steps; ``prior_weight`` w pulls
+        the clean prediction of each slot's image latent a fraction w toward the plain UNet's.
+        ``preset`` (``infer.settings.PRESETS``, e.g. "authors") replaces all of these, the step count and the
+        sampler, except that ``guidance_scale=0`` still turns guidance off.
         """
-        cfg = GuidanceConfig(
-            scale=guidance_scale,
-            schedule=guidance_schedule,
-            mode=guidance_mode,
-            start=guidance_start,
-            denoiser_until=denoiser_gradient_until,
-            reorder_every=reorder_every,
-        )
+        if preset is not None:
+            if preset not in PRESETS:
+                raise UserError(f"expected one of {sorted(PRESETS)}, got {preset!r}", option="preset")
+            chosen = PRESETS[preset]
+            cfg = chosen["guidance"]
+            if guidance_scale == 0:  # an explicit 0 still turns guidance off (the unguided baseline)
+                cfg = dataclasses.replace(cfg, scale=0.0)
+            num_inference_steps = chosen["num_inference_steps"]
+            self.use_sampler(chosen["sampler"])
+        else:
+            cfg = GuidanceConfig(
+                scale=guidance_scale,
+                schedule=guidance_schedule,
+                mode=guidance_mode,
+                start=guidance_start,
+                denoiser_until=denoiser_gradient_until,
+                reorder_every=reorder_every,
+                prune_every=prune_every,
+                prior_weight=prior_weight,
+            )
+        num_inference_steps = num_inference_steps or DEFAULT_SAMPLING_STEPS
         device, dtype = self.unet.device, self.unet.dtype
         photo = photo.to(device, dtype)
         if photo.dim() != 4 or photo.shape[1] != 3:
@@ -202,8 +252,9 @@ class CObLPipeline(DiffusionPipeline):
         if self.uses_depth and depth is None:
             raise UserError("this model is depth-conditioned: give a depth map of the photo", option="depth")
         depth = depth.to(device, dtype) if self.uses_depth else None
-        photo_latents = encode_condition(self.codec, photo, depth)
-        shape = (b, self.unet.config.num_slots, self.unet.config.slot_channels, *photo_latents.shape[-2:])
+        condition = encode_condition(self.codec, photo, depth)
+        latent_size = [n // self.codec.downsample for n in photo.shape[-2:]]
+        shape = (b, self.unet.config.num_slots, self.unet.config.slot_channels, *latent_size)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
@@ -211,26 +262,46 @@ class CObLPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         alphas_cumprod = self.scheduler.alphas_cumprod.to(device)
+        n = len(timesteps)
+        c0 = self.unet.unet.config.in_channels
+        pruned: list[tuple[int, int, int]] = []
+        self.guidance_steps: list[int] = []  # normalised guidance steps taken at each sampler step
 
         for i, t in enumerate(self.progress_bar(timesteps)):
             alpha_bar = alphas_cumprod[t].expand(b)
             t_batch = t.expand(b)
-            size = cfg.scale * cfg.weight(i, len(timesteps))
+            size = cfg.scale * cfg.weight(i, n)
             grad = error = None
-            if cfg.uses_denoiser_gradient(i, len(timesteps)):
+            taken = 0
+            if cfg.uses_denoiser_gradient(i, n):
                 with torch.enable_grad():
                     x = latents.detach().requires_grad_(True)
-                    out = self.unet(self.scheduler.scale_model_input(x, t), t_batch, photo_latents)
+                    out = self.unet(self.scheduler.scale_model_input(x, t), t_batch, condition)
                     error = decoded_error(
                         self._decode, predict_x0(out, x, alpha_bar, prediction_type), photo, valid
                     )
                     (grad,) = torch.autograd.grad(error.sum(), x)
                 out = out.detach()
             else:
-                out = self.unet(self.scheduler.scale_model_input(latents, t), t_batch, photo_latents)
+                out = self.unet(self.scheduler.scale_model_input(latents, t), t_batch, condition)
             x0 = predict_x0(out, latents, alpha_bar, prediction_type)
+            changed = False
 
-            if cfg.reorder_every and 0 < i < len(timesteps) - 1 and i % cfg.reorder_every == 0:
+            if cfg.prior_weight > 0:  # the weak pull toward the plain Stable Diffusion prior
+                scaled = self.scheduler.scale_model_input(latents, t)
+                prior = self.unet.prior(scaled, t_batch)
+                prior_x0 = predict_x0(prior, latents[:, :, :c0], alpha_bar, prediction_type)
+                image = x0[:, :, :c0]
+                x0 = torch.cat([image + cfg.prior_weight * (prior_x0 - image), x0[:, :, c0:]], 2)
+                changed = True
+
+            periodic = 0 < i < n - 1
+            if cfg.prune_every and periodic and i % cfg.prune_every == 0:
+                latents, x0, removed = self._prune(latents, x0, alpha_bar, cfg, i)
+                pruned += removed
+                changed = changed or bool(removed)
+
+            if cfg.reorder_every and periodic and i % cfg.reorder_every == 0:
                 layers, background = self._decode(x0)
                 perm = best_slot_order(layers, background, photo, valid, cfg.min_area)
                 if not torch.equal(perm, torch.arange(perm.shape[1], device=perm.device).expand_as(perm)):
@@ -239,20 +310,24 @@ class CObLPipeline(DiffusionPipeline):
                     grad = None if grad is None else permute_slots(grad, perm)
                     self._permute_history(perm)
 
-            if cfg.uses_decoder_gradient(i, len(timesteps)):
+            if cfg.uses_decoder_gradient(i, n):
                 x0 = guide_x0(x0, self._decode, photo, size, valid)
+                changed, taken = True, taken + 1
+            if changed:
                 out = output_from_x0(x0, latents, alpha_bar, prediction_type)
             latents = self.scheduler.step(out, t, latents, return_dict=False)[0]
-            if grad is not None and i < len(timesteps) - 1:
+            if grad is not None and i < n - 1:
                 # Not after the last step: its output is the clean result, and dL/dx_t is not a descent
-                # direction for it (x0 guidance, mode "both", covers the last step).
+                # direction for it (x0 guidance, modes "both" and "latents", covers the last step).
                 latents = latents + normalised_step(grad, error, size)
+                taken += 1
+            self.guidance_steps.append(taken)
 
         layers, background = self._decode(latents)
         layers, background = layers.clamp(0, 1), background.clamp(0, 1)
         if not return_dict:
             return layers, background, latents
-        return CObLPipelineOutput(layers=layers, background=background, latents=latents)
+        return CObLPipelineOutput(layers=layers, background=background, latents=latents, pruned=pruned)
 
 
 # ---------------------------------------------------------------------------------------------- one photo

@@ -75,15 +75,25 @@ def depth_parts():
 
 def test_depth_model_starts_depth_blind_and_the_loss_reaches_the_depth_weights(depth_parts):
     model, codec, scheduler = depth_parts
-    assert model.condition_channels == codec.photo_channels + codec.depth_channels
+    assert model.condition_channels == 4  # photo (3) + depth (1), read by their T2I-Adapters
     batch = collate(_samples(2))
     first = diffusion_loss(model, codec, scheduler, batch, step=0)
     flat = dataclasses.replace(batch, depth=torch.zeros_like(batch.depth))
     assert torch.equal(first, diffusion_loss(model, codec, scheduler, flat, step=0))  # zero-initialised
     first.backward()
-    depth_inputs = slice(model.config.slot_channels + codec.photo_channels, None)
-    assert model.unet.conv_in.weight.grad[:, depth_inputs].abs().sum() > 0
+    # Gates at 1: the injection gates learn first (their gradient sees the fused photo + depth features).
+    assert all(g.value.grad is not None and g.value.grad.abs() > 0 for g in model.inject_gates)
     model.zero_grad()
+    with torch.no_grad():
+        for gate in model.inject_gates:
+            gate.value.fill_(0.5)
+    diffusion_loss(model, codec, scheduler, batch, step=0).backward()
+    assert sum(p.grad.abs().sum() for p in model.depth_adapter.parameters()) > 0
+    assert model.depth_weights.grad.abs().sum() > 0
+    model.zero_grad()
+    with torch.no_grad():
+        for gate in model.inject_gates:
+            gate.value.fill_(1.0)
     with pytest.raises(UserError, match="depth"):
         diffusion_loss(model, codec, scheduler, dataclasses.replace(batch, depth=None), step=0)
 
@@ -96,9 +106,9 @@ def test_depth_pipeline_needs_depth_uses_it_and_survives_save_reload(depth_parts
     photo, depth = sample.photo[None], sample.depth[None]
     with pytest.raises(UserError, match="depth"):
         pipe(photo, num_inference_steps=2)
-    with torch.no_grad():  # give the depth inputs weight, as training does
-        torch.manual_seed(1)
-        model.unet.conv_in.weight[:, -codec.depth_channels :].normal_(0, 0.2)
+    with torch.no_grad():  # open the adapters' injection, as training does
+        for gate in model.inject_gates:
+            gate.value.fill_(0.5)
 
     def run(p, d):
         return p(photo, depth=d, num_inference_steps=3, generator=torch.Generator().manual_seed(0)).layers

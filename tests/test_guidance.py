@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-from cobl.codec import SpaceToDepthCodec
+from cobl.codec import SpaceToDepthCodec, encode_condition
 from cobl.configs import tiny_config
 from cobl.factory import build
 from cobl.parametrization import output_from_x0, predict_x0
@@ -68,7 +68,7 @@ def test_latent_gradient_through_denoiser_lowers_error(pipe, scene):
     """Mode "latents": a normalised step on x_t along -dL/dx_t lowers the error of the re-predicted layers."""
     photo = scene["photo"]
     latents = torch.randn((1, 4, 64, RES // 4, RES // 4), generator=torch.Generator().manual_seed(2))
-    photo_latents = pipe.codec.encode_photo(photo)
+    photo_latents = encode_condition(pipe.codec, photo, None)
     t = torch.tensor([500])
     alpha_bar = pipe.scheduler.alphas_cumprod[t]
 
@@ -195,3 +195,34 @@ def test_guidance_start_skips_early_gradients(pipe, scene, monkeypatch, mode, ca
         generator=torch.Generator().manual_seed(0),
     )
     assert len(count) == calls and torch.isfinite(out.layers).all()
+
+
+def test_authors_preset_takes_one_guidance_step_per_step_and_removes_an_empty_slot_mid_run(pipe, scene):
+    """Preset "authors": 20 DDIM steps, one normalised guidance step each, pruning and reordering every 5
+    steps. Slot 1 is made to predict an empty layer (alpha 0): it is reset to the empty layer at step 5
+    (not before: step 0 is not a pruning step), and again every 5 steps."""
+    alpha = slice(-pipe.codec.factor**2, None)  # the alpha channels of a space-to-depth slot latent
+    real_forward = pipe.unet.forward
+
+    def emptying(noisy, t, cond):
+        out = real_forward(noisy, t, cond).clone()
+        out[:, 1, alpha] = -1.0  # sample prediction: alpha 0 after decoding
+        return out
+
+    real_prior = pipe.unet.prior
+
+    def emptying_prior(noisy, t):  # tiny's plain UNet models the alpha channels too: empty there as well
+        out = real_prior(noisy, t).clone()
+        out[:, 1, alpha] = -1.0
+        return out
+
+    pipe.unet.forward, pipe.unet.prior = emptying, emptying_prior
+    try:
+        out = pipe(scene["photo"], preset="authors", generator=torch.Generator().manual_seed(0))
+    finally:
+        del pipe.unet.forward, pipe.unet.prior
+        pipe.use_sampler("ddim")
+    assert pipe.guidance_steps == [1] * 20
+    steps = sorted({step for step, b, k in out.pruned if (b, k) == (0, 1)})
+    assert steps and steps[0] == 5 and set(steps) <= {5, 10, 15}
+    assert torch.isfinite(out.layers).all()

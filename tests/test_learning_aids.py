@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from cobl.codec import encode_condition
 from cobl.configs import tiny_config
 from cobl.data import collate, decode_sample
 from cobl.factory import build
@@ -34,7 +35,7 @@ def test_photo_skip_starts_at_zero_and_learns_to_copy_the_photo():
     without, _, _ = _model(False)
     without.load_state_dict(with_skip.state_dict(), strict=False)
     batch = _batch(2)
-    photo = codec.encode_photo(batch.photo)
+    photo = encode_condition(codec, batch.photo, None)
     noisy = torch.randn(2, 4, codec.latent_channels, 8, 8)
     t = torch.tensor([500, 500])
     assert torch.equal(with_skip(noisy, t, photo), without(noisy, t, photo))  # zero-initialised

@@ -6,16 +6,16 @@ import copy
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from cobl.codec import SpaceToDepthCodec, VAECodec, encode_condition
 from cobl.configs import get_config, sd_config, tiny_config
-from cobl.cross_slot import CrossSlotAttention
 from cobl.factory import build
 from cobl.network import CObLModel
 from core.errors import UserError
 from core.layers import composite
 from infer.pipeline import CObLPipeline, export_info, load_pipeline
+from tests.sdfolder import write_sd_folder
 
 torch.set_num_threads(1)
 
@@ -50,91 +50,101 @@ def tiny_vae() -> AutoencoderKL:
     )
 
 
-def _inputs(b=2, s=3, c=8, cp=4, hw=8, seed=1):
+def _inputs(b=2, s=3, c=8, cond_channels=3, hw=8, f=2, seed=1):
     g = torch.Generator().manual_seed(seed)
     return (
         torch.randn(b, s, c, hw, hw, generator=g),
         torch.tensor([10, 500])[:b],
-        torch.randn(b, cp, hw, hw, generator=g),
+        torch.rand(b, cond_channels, hw * f, hw * f, generator=g) * 2 - 1,
     )
 
 
-@pytest.mark.parametrize("full_max_tokens", [1024, 0])  # full attention everywhere / per-pixel everywhere
-def test_zero_init_equals_frozen_unet_per_slot(full_max_tokens):
-    unet = tiny_unet()
-    model = CObLModel.from_unet(
-        unet,
+def _model(unet=None, cond_channels=3, **kwargs):
+    torch.manual_seed(0)
+    return CObLModel.from_unet(
+        unet or tiny_unet(),
+        prompt_embedding=torch.randn(1, 2, 32),
         num_slots=3,
         slot_channels=8,
-        photo_channels=4,
-        null_cond_tokens=2,
-        cross_slot_head_dim=16,
-        full_attention_max_tokens=full_max_tokens,
+        condition_channels=cond_channels,
+        latent_downsample=2,
+        slot_attention_heads=4,
+        **kwargs,
     )
-    with torch.no_grad():
-        model.null_encoder_hidden_states.normal_()
-    noisy, t, photo = _inputs()
-    with torch.no_grad():
-        out = model(noisy, t, photo)
-        assert out.shape == noisy.shape
-        cond = model.null_encoder_hidden_states.expand(2, -1, -1)
-        for s in range(3):
-            ref = unet(noisy[:, s, :4], t, encoder_hidden_states=cond).sample
-            torch.testing.assert_close(out[:, s, :4], ref, atol=1e-5, rtol=1e-5)
-        assert out[:, :, 4:].abs().max() == 0  # alpha half of conv_out starts at zero
-    blocks = [m for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
-    assert len(model.cross_slot_modules()) == len(blocks) == 4  # one per transformer block
 
 
-@pytest.mark.parametrize("full_max_tokens", [1024, 0])
-def test_cross_slot_attention_mixes_slots_once_trained(full_max_tokens):
+@pytest.mark.parametrize("cond_channels", [3, 4])  # photo / photo + depth
+def test_zero_init_equals_frozen_unet_per_slot(cond_channels):
     unet = tiny_unet()
-    model = CObLModel.from_unet(
-        unet, 3, 8, 4, null_cond_tokens=2, cross_slot_head_dim=16, full_attention_max_tokens=full_max_tokens
-    )
-    noisy, t, photo = _inputs()
+    model = _model(unet, cond_channels)
+    noisy, t, cond = _inputs(cond_channels=cond_channels)
+    with torch.no_grad():
+        out = model(noisy, t, cond)
+        assert out.shape == noisy.shape
+        text = model.prompt_embedding.expand(2, -1, -1)
+        for s in range(3):
+            ref = unet(noisy[:, s, :4], t, encoder_hidden_states=text).sample
+            torch.testing.assert_close(out[:, s, :4], ref, atol=1e-5, rtol=1e-5)
+        assert out[:, :, 4:].abs().max() == 0  # the alpha prediction starts at zero
+    resnets = [m for m in unet.modules() if type(m).__name__ == "ResnetBlock2D"]
+    blocks = [m for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
+    assert model.module_counts() == {
+        "slot_convs": len(resnets), "slot_attentions": len(blocks), "adapters": cond_channels - 2
+    }  # fmt: skip
+    assert len(blocks) == 4 and len(resnets) == 8  # one added module per block
+
+
+@pytest.mark.parametrize("kind", ["slot_convs", "slot_attentions"])
+def test_cross_slot_modules_mix_slots_once_their_gates_open(kind):
+    model = _model()
+    noisy, t, cond = _inputs()
     changed = noisy.clone()
     changed[:, 2] += 1.0  # perturb the background slot only
     with torch.no_grad():
-        same = (model(noisy, t, photo)[:, 0] - model(changed, t, photo)[:, 0]).abs().max()
-        for m in model.cross_slot_modules():
-            m.attn.to_out[0].weight.normal_(std=0.1)
-        mixed = (model(noisy, t, photo)[:, 0] - model(changed, t, photo)[:, 0]).abs().max()
-    assert same == 0  # zero-initialised: slots are independent
-    assert mixed > 1e-4  # trained: slot 0 sees the background slot
+        same = (model(noisy, t, cond)[:, 0] - model(changed, t, cond)[:, 0]).abs().max()
+        for module in getattr(model, kind):
+            module.gate.value.fill_(0.5)
+        mixed = (model(noisy, t, cond)[:, 0] - model(changed, t, cond)[:, 0]).abs().max()
+    assert same == 0  # gates at 1: slots are independent
+    assert mixed > 1e-4  # opened: slot 0 sees the background slot
 
 
-def test_slot_embedding_orders_slots():
-    cross = CrossSlotAttention(dim=32, num_slots=3, head_dim=16)
+def test_the_photo_reaches_every_slot_through_the_adapter_once_the_injection_gates_open():
+    model = _model()
+    noisy, t, cond = _inputs()
     with torch.no_grad():
-        cross.attn.to_out[0].weight.normal_()
-    x = torch.randn(1, 5, 32).repeat(3, 1, 1)  # three identical slots
-    out = cross(x)
-    assert (out[0] - out[1]).abs().max() > 1e-5  # positions tell identical slots apart
+        assert torch.equal(model(noisy, t, cond), model(noisy, t, -cond))
+        for gate in model.inject_gates:
+            gate.value.fill_(0.5)
+        moved = (model(noisy, t, cond) - model(noisy, t, -cond)).abs().flatten(2).amax(2)
+    assert (moved > 1e-4).all()  # every slot of every scene
 
 
 def test_trainable_parameters_are_only_new_modules():
-    model = CObLModel.from_unet(tiny_unet(), 3, 8, 4, null_cond_tokens=2, cross_slot_head_dim=16)
+    model = _model()
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert names and all(
-        ("conv_in" in n or "conv_out" in n or "cross_slot" in n or "null_" in n) for n in names
-    )
-    assert any("cross_slot" in n for n in names)
+    assert names and not any(n.startswith("unet.") for n in names)
+    kinds = ("photo_adapter.", "slot_convs.", "slot_attentions.", "inject_gates.", "alpha_in.", "alpha_out.")
+    for kind in kinds:
+        assert any(n.startswith(kind) for n in names), kind
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    assert any("attn1.attn.to_q" in n for n in frozen)
+    assert any("attn1.to_q" in n for n in frozen) and all(n.startswith("unet.") for n in frozen)
+    with pytest.raises(ValueError, match="condition"):
+        model(*_inputs(cond_channels=4))
 
 
 def test_save_load_roundtrip(tmp_path):
-    model = CObLModel.from_unet(tiny_unet(), 3, 8, 4, null_cond_tokens=2, cross_slot_head_dim=16)
+    model = _model()
     with torch.no_grad():
-        for m in model.cross_slot_modules():
-            m.attn.to_out[0].weight.normal_(std=0.1)
+        for gate in model.gates():
+            gate.value.uniform_(0.2, 0.9)
     model.save_pretrained(tmp_path / "m")
     assert (tmp_path / "m" / "diffusion_pytorch_model.safetensors").is_file()
     loaded = CObLModel.from_pretrained(tmp_path / "m")
-    noisy, t, photo = _inputs()
+    torch.testing.assert_close(loaded.prompt_embedding, model.prompt_embedding)
+    noisy, t, cond = _inputs()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(noisy, t, photo), model(noisy, t, photo))
+        torch.testing.assert_close(loaded(noisy, t, cond), model(noisy, t, cond))
 
 
 def test_space_to_depth_codec_is_lossless_and_sets_background_alpha():
@@ -164,16 +174,12 @@ def test_vae_codec_shapes_and_gradients():
 
 
 def _write_sd_folder(path):
-    tiny_unet(sample_size=16).save_pretrained(path / "unet")
-    tiny_vae().save_pretrained(path / "vae")
-    DDPMScheduler(beta_schedule="scaled_linear", prediction_type="epsilon").save_pretrained(
-        path / "scheduler"
-    )
+    write_sd_folder(path)
 
 
 def test_sd_config_loads_local_diffusers_folder_and_bundle_roundtrip(tmp_path):
     _write_sd_folder(tmp_path / "sd")
-    config = sd_config(num_objects=2, resolution=32).replace(null_cond_tokens=3, cross_slot_head_dim=16)
+    config = sd_config(num_objects=2, resolution=32)
     model, codec, scheduler = build(config, pretrained=tmp_path / "sd")
     assert isinstance(codec, VAECodec) and model.num_slots == 3 and model.config.slot_channels == 8
     assert scheduler.config.beta_schedule == "scaled_linear"
@@ -181,9 +187,9 @@ def test_sd_config_loads_local_diffusers_folder_and_bundle_roundtrip(tmp_path):
     layers, bg, photo = torch.rand(1, 2, 4, 32, 32), torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         lat = codec.encode_layers(layers, bg)
-        pl = codec.encode_photo(photo)
+        pl = encode_condition(codec, photo, None)
         out = model(lat, torch.tensor([300]), pl)
-        ref = unet(lat[:, 1, :4], torch.tensor([300]), encoder_hidden_states=model.null_encoder_hidden_states)
+        ref = unet(lat[:, 1, :4], torch.tensor([300]), encoder_hidden_states=model.prompt_embedding)
         torch.testing.assert_close(out[:, 1, :4], ref.sample, atol=1e-5, rtol=1e-5)
 
     CObLPipeline.from_parts(model, scheduler, codec, config, global_step=0).save_pretrained(
@@ -194,7 +200,8 @@ def test_sd_config_loads_local_diffusers_folder_and_bundle_roundtrip(tmp_path):
     assert isinstance(loaded.codec, VAECodec) and loaded.cobl_config == config
     with torch.no_grad():
         torch.testing.assert_close(loaded.unet(lat, torch.tensor([300]), pl), out)
-        torch.testing.assert_close(loaded.codec.encode_photo(photo), pl)
+        torch.testing.assert_close(loaded.codec.encode_photo(photo), codec.encode_photo(photo))
+        torch.testing.assert_close(loaded.unet.prompt_embedding, model.prompt_embedding)
 
 
 def test_tiny_build_and_export(tmp_path):
@@ -242,25 +249,24 @@ def test_train_vae_saves_a_loadable_vae_with_its_psnr(tmp_path):
     model, codec, _ = build(tiny_config(num_objects=2, resolution=32), vae=tmp_path / "vae")
     assert isinstance(codec, VAECodec) and codec.downsample == 4 and model.config.slot_channels == 8
     lat = codec.encode_layers(torch.rand(1, 2, 4, 32, 32), torch.rand(1, 3, 32, 32))
-    assert model(lat, torch.tensor([5]), codec.encode_photo(torch.rand(1, 3, 32, 32))).shape == lat.shape
+    cond = encode_condition(codec, torch.rand(1, 3, 32, 32), None)
+    assert model(lat, torch.tensor([5]), cond).shape == lat.shape
 
 
 def test_sd_config_with_depth_takes_a_vae_encoded_depth_and_still_starts_as_the_frozen_unet(tmp_path):
     _write_sd_folder(tmp_path / "sd")
-    config = sd_config(num_objects=2, resolution=32).replace(
-        null_cond_tokens=3, cross_slot_head_dim=16, depth_condition=True
-    )
+    config = sd_config(num_objects=2, resolution=32).replace(depth_condition=True)
     model, codec, _ = build(config, pretrained=tmp_path / "sd")
-    assert model.condition_channels == 2 * codec.vae_channels  # photo latent + depth latent
+    assert model.condition_channels == 4 and model.uses_depth  # photo + depth, each through its adapter
     unet = UNet2DConditionModel.from_pretrained(tmp_path / "sd" / "unet")
     layers, bg, photo = torch.rand(1, 2, 4, 32, 32), torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     depth = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
         lat = codec.encode_layers(layers, bg)
         cond = encode_condition(codec, photo, depth)
-        assert cond.shape == (1, 8, 16, 16)
+        assert cond.shape == (1, 4, 32, 32)
         out = model(lat, torch.tensor([300]), cond)
-        ref = unet(lat[:, 0, :4], torch.tensor([300]), encoder_hidden_states=model.null_encoder_hidden_states)
+        ref = unet(lat[:, 0, :4], torch.tensor([300]), encoder_hidden_states=model.prompt_embedding)
         torch.testing.assert_close(out[:, 0, :4], ref.sample, atol=1e-5, rtol=1e-5)
         with pytest.raises(ValueError, match="photo \\+ depth"):
-            model(lat, torch.tensor([300]), codec.encode_photo(photo))
+            model(lat, torch.tensor([300]), encode_condition(codec, photo, None))

@@ -45,6 +45,36 @@ def resolve_config(opts: TrainOptions):
     )
 
 
+def resolve_recipe(opts: TrainOptions, config) -> TrainOptions:
+    """``opts`` with every field left at None filled in from the config's training recipe."""
+    import dataclasses
+
+    from cobl.configs import recipe_for
+
+    recipe = recipe_for(config)
+    filled = {
+        f.name: getattr(recipe, f.name)
+        for f in dataclasses.fields(recipe)
+        if getattr(opts, f.name, None) is None
+    }
+    return dataclasses.replace(opts, **filled)
+
+
+def cosine_to_floor(optimizer, warmup_steps: int, total_steps: int, lr: float, min_lr: float):
+    """Linear warm-up, then a cosine decay from ``lr`` to ``min_lr`` (diffusers' "cosine" ends at 0)."""
+    import math
+
+    floor = min_lr / lr if lr > 0 else 0.0
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def find_checkpoint(out: Path, resume: str) -> Path:
     if resume != "latest":
         path = Path(resume)
@@ -70,17 +100,19 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
     from tqdm.auto import tqdm
 
     from cobl.data import batches, expand_urls, make_dataset, make_loader
-    from cobl.factory import build
+    from cobl.factory import build, check_pretrained
     from train.loss import diffusion_loss
 
     out = Path(opts.out)
     config = resolve_config(opts)
+    opts = resolve_recipe(opts, config)
     urls = expand_urls(opts.data)  # UserError naming the pattern when nothing matches
     for name in ("max_steps", "batch_size"):
         if getattr(opts, name) < 1:
             raise UserError(f"must be >= 1, got {getattr(opts, name)}", option=name)
     if opts.mixed_precision not in ("no", "fp16", "bf16"):
         raise UserError(f"expected no, fp16 or bf16, got {opts.mixed_precision!r}", option="mixed_precision")
+    check_pretrained(config, opts.pretrained)  # before the Accelerator: a bad path fails on one line
 
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
@@ -91,17 +123,24 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
     rank, world = accelerator.process_index, accelerator.num_processes
     set_seed(opts.seed)  # identical initial weights on every rank
     model, codec, noise_scheduler = build(config, pretrained=opts.pretrained, vae=opts.vae)
+    model.set_attention(opts.attention)
     if opts.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     codec.to(accelerator.device)
-    params = model.trainable_parameters()
+    params = model.trainable_parameters()  # the frozen UNet is not in the optimizer
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
-    lr_scheduler = get_scheduler(
-        opts.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=opts.lr_warmup_steps * world,
-        num_training_steps=opts.max_steps * world,  # accelerate steps it once per process per update
-    )
+    # accelerate steps the LR scheduler once per process per update: count in process steps
+    if opts.lr_scheduler == "cosine":
+        lr_scheduler = cosine_to_floor(
+            optimizer, opts.lr_warmup_steps * world, opts.max_steps * world, opts.lr, opts.min_lr
+        )
+    else:
+        lr_scheduler = get_scheduler(
+            opts.lr_scheduler,
+            optimizer=optimizer,
+            num_warmup_steps=opts.lr_warmup_steps * world,
+            num_training_steps=opts.max_steps * world,
+        )
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     ema = None
     if opts.ema:
@@ -185,6 +224,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
                     if accelerator.sync_gradients and opts.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(params, opts.max_grad_norm)
                     optimizer.step()
+                    accelerator.unwrap_model(model).clamp_gates_()  # gates stay in [0, 1]
                     lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 micro_losses.append(loss.detach())

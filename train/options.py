@@ -1,4 +1,6 @@
-"""Trainer options: one dataclass holding every knob of a training run (its flags: app.train_flags)."""
+"""Trainer options: one dataclass holding every knob of a training run (its flags: app.train_flags).
+
+Fields left at None take the model config's training recipe (``cobl.configs.recipe_for``)."""
 
 from __future__ import annotations
 
@@ -17,21 +19,24 @@ class TrainOptions:
     prediction_type: str | None = None
     max_steps: int = 1000
     batch_size: int = 8
-    lr: float = 5e-4
+    # None: the config's recipe (cobl.configs.RECIPES: sd = the authors', tiny = ours)
+    lr: float | None = None
+    min_lr: float | None = None
     lr_scheduler: str = "cosine"
     lr_warmup_steps: int = 0
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
     gradient_accumulation_steps: int = 1
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
+    mixed_precision: str | None = None
+    gradient_checkpointing: bool | None = None
+    attention: str | None = None
     ema: bool = False
     ema_decay: float = 0.999
     snr_gamma: float | None = None
     object_weight: float = 0.0
     slot_matching: bool = False
     hidden_weight: float = 0.0
-    cond_dropout: float = 0.0
+    cond_dropout: float | None = None
     checkpoint_every: int = 500
     checkpoints_total_limit: int = 3
     resume: str | None = None
