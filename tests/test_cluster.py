@@ -149,6 +149,41 @@ def test_all_render_nodes_lost_is_a_one_line_error_and_the_rerun_completes(
     assert f"{len(kept)} kept from before" in rerun.stderr
 
 
+def test_a_node_that_joins_mid_job_grows_the_pool_back(cluster, tmp_path) -> None:
+    """One render node live and two workers requested: the second actor waits for a place; a render node that
+    joins mid-job gets it, the progress line goes back to 2/2 and both nodes render."""
+    while len(cluster.nodes) > 1:
+        cluster.remove_node(cluster.nodes.pop(), allow_graceful=False)
+    if not cluster.nodes:
+        cluster.nodes.append(cluster.add_node(num_cpus=1, resources={"render": 1}))
+        cluster.wait_for_nodes()
+    lines: list[str] = []
+    nodes: set[str] = set()
+
+    def on_result(result: dict) -> None:
+        nodes.add(result["node"])
+        if len(cluster.nodes) == 1:  # the job is running on one node: a second one joins
+            cluster.nodes.append(cluster.add_node(num_cpus=1, resources={"render": 1}))
+
+    summary = run_generation(
+        tmp_path,
+        config(24),
+        workers=2,
+        address=cluster.address,
+        worker_resource="render",
+        on_result=on_result,
+        log=lines.append,
+        progress_interval=1.0,
+        placement_timeout=60,
+    )
+    assert summary.scenes_total == 24 and summary.scenes_rendered == 24
+    totals = json.loads((tmp_path / "manifest.json").read_text())["totals"]
+    assert totals["samples"] == 24
+    first_full = next(i for i, ln in enumerate(lines) if "workers 2/2" in ln)
+    assert any("workers 1/2" in ln for ln in lines[:first_full]), lines  # it started short of a worker
+    assert len(nodes) == 2, lines  # the joined node rendered too
+
+
 @pytest.fixture
 def local_ray():
     """A local Ray started the project's way (synth.dataset.generate.ensure_ray)."""
