@@ -69,7 +69,10 @@ def run_ray(
     started = False
     if not ray.is_initialized():
         if local:
-            ray.init(num_cpus=max(2, num_workers), include_dashboard=False, log_to_driver=False)
+            # address="local": always a private instance, never someone else's cluster on this machine
+            ray.init(
+                address="local", num_cpus=max(2, num_workers), include_dashboard=False, log_to_driver=False
+            )
         else:
             ray.init(address=address or "auto")
         started = True
