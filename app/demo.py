@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "samples": 16,
     "objects": "2-3",
     "num_objects": 3,
-    "max_steps": 2000,  # the full CObL structure costs ~0.44 s a step at batch 8 (2 cores): 2000 fit the budget
+    "max_steps": 2000,  # the tiny CObL structure costs ~0.44 s a step at batch 8 on 2 cores (docs/demo.md)
     "batch_size": 8,
     "lr": 1e-3,
     "object_weight": 10.0,
