@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 
 from cobl.codec import SpaceToDepthCodec, VAECodec, encode_condition
 from cobl.configs import get_config, sd_config, tiny_config
@@ -15,7 +15,7 @@ from cobl.network import CObLModel
 from core.errors import UserError
 from core.layers import composite
 from infer.pipeline import CObLPipeline, export_info, load_pipeline
-from tests.sdfolder import write_sd_folder
+from tests.sdfolder import sd_like_vae, write_sd_folder
 
 torch.set_num_threads(1)
 
@@ -33,20 +33,6 @@ def tiny_unet(in_channels: int = 4, sample_size: int = 8) -> UNet2DConditionMode
         cross_attention_dim=32,
         attention_head_dim=2,
         norm_num_groups=8,
-    )
-
-
-def tiny_vae() -> AutoencoderKL:
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
     )
 
 
@@ -161,7 +147,7 @@ def test_space_to_depth_codec_is_lossless_and_sets_background_alpha():
 
 
 def test_vae_codec_shapes_and_gradients():
-    codec = VAECodec(tiny_vae())
+    codec = VAECodec(sd_like_vae())
     layers = torch.rand(1, 2, 4, 32, 32)
     bg = torch.rand(1, 3, 32, 32)
     lat = codec.encode_layers(layers, bg).requires_grad_(True)
