@@ -77,6 +77,13 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
         "occupied slots)",
     )
     p.add_argument(
+        "--prior-weight",
+        type=float,
+        default=defaults.prior_weight,
+        help="pull each clean prediction this fraction toward the plain frozen UNet's (the prior of whole "
+        f"objects; 0 = off, default {defaults.prior_weight})",
+    )
+    p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
         default=None,
@@ -157,7 +164,7 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UserError(f"--guidance-scale: expected a number >= 0, got {args.guidance_scale}")
     if args.reorder_every < 0:
         raise UserError(f"--reorder-every: expected an integer >= 0, got {args.reorder_every}")
-    for name in ("min_area", "min_visible", "guidance_start", "denoiser_gradient_until"):
+    for name in ("min_area", "min_visible", "guidance_start", "denoiser_gradient_until", "prior_weight"):
         value = getattr(args, name)
         if not 0 <= value <= 1:
             raise UserError(f"--{name.replace('_', '-')}: expected a fraction in [0, 1], got {value}")
@@ -187,6 +194,7 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
         "guidance_start": args.guidance_start,
         "denoiser_gradient_until": args.denoiser_gradient_until,
         "reorder_every": args.reorder_every,
+        "prior_weight": args.prior_weight,
         "preset": args.preset,
         "min_area": args.min_area,
         "min_visible": args.min_visible,

@@ -16,6 +16,7 @@ import sys
 from app.parser import OneLineParser, run_reporting_errors
 from app.train_flags import add_arguments, options_from_args, options_to_argv
 from core.errors import UserError
+from train.options import PriorOptions
 
 
 def register(subparsers) -> None:
@@ -36,6 +37,31 @@ def register(subparsers) -> None:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--num-workers", type=int, default=1)
     v.set_defaults(func=run_train_vae)
+
+    d = PriorOptions.__dataclass_fields__
+    r = subparsers.add_parser(
+        "train-prior", help="train the tiny config's base UNet as a prior of whole object layers"
+    )
+    r.add_argument("--data", required=True, help="shards of scenes no CObL split uses (brace pattern, glob)")
+    r.add_argument("--out", required=True, help="output folder (diffusers UNet + model card)")
+    r.add_argument("--config", required=True, help="the tiny CObL model config .json the prior is for")
+    for name, help_text in (
+        ("max_steps", "optimizer steps"),
+        ("batch_size", "single layers per step"),
+        ("lr", "AdamW learning rate (cosine decay to 0)"),
+        ("object_weight", "loss weight 1 + W under the layer's alpha"),
+        ("checkpoint_every", "save a resumable checkpoint every N steps"),
+        ("seed", "seed of the initial weights and of every draw"),
+    ):
+        default = d[name].default
+        r.add_argument(
+            "--" + name.replace("_", "-"),
+            type=type(default),
+            default=default,
+            help=f"{help_text} (default {default})",
+        )
+    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    r.set_defaults(func=run_train_prior)
 
 
 def _free_port() -> int:
@@ -93,6 +119,18 @@ def run_train_vae(args: argparse.Namespace) -> int:
     print(
         f"VAE saved to {args.out}: reconstruction PSNR {report['psnr']:.2f} dB "
         f"on {report['num_images']} images"
+    )
+    return 0
+
+
+def run_train_prior(args: argparse.Namespace) -> int:
+    from train.prior import train_prior
+
+    names = PriorOptions.__dataclass_fields__
+    report = train_prior(PriorOptions(**{k: v for k, v in vars(args).items() if k in names}))
+    print(
+        f"prior saved to {args.out}: held-out denoising loss {report['held_out_loss_init']:.4f} -> "
+        f"{report['held_out_loss']:.4f} on {report['layers']['held_out']} layers"
     )
     return 0
 

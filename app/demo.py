@@ -34,6 +34,10 @@ from core.policy import DEPTH_SOURCES
 
 STAGES = ("data", "publish", "train", "eval", "report")
 
+# The prior of whole objects the demo's CObL is built around, frozen (trained once by `cobl train-prior` on
+# scenes no demo split holds; its model card, assets/priors/README.md and docs/demo.md say how).
+SHIPPED_PRIOR = Path(__file__).resolve().parents[1] / "assets" / "priors" / "tiny-objects-64-f8"
+
 # The embedded default: sized for ~20 minutes on 2 CPU cores (see docs/demo.md for the sweep behind it).
 DEFAULTS: dict[str, Any] = {
     "scenes": 600,
@@ -46,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
     "object_weight": 10.0,
     "codec_factor": 8,
+    "prior": str(SHIPPED_PRIOR),  # "none": the tiny base UNet trains from scratch with the CObL modules
+    "fine_tune_prior": False,  # the paper keeps its prior (SD) frozen
     "depth": True,
     "depth_source": "monocular",  # the renderer's depth degraded like a monocular estimate (cobl.depth)
     "completion_fraction": 0.8,  # scenes that must hold an object 25-75 % hidden (synth.scene.sampler)
@@ -55,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "eval_scenes": 96,
     "fit_scenes": 24,
     "sampling_steps": 20,
+    "min_area": 0.02,  # the small-object rule (alpha mass / image) for every method
     "guidance_scale": 1.0,
     "workers": 2,
     "seed": 0,
@@ -78,6 +85,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="loss weight 1+W under objects (see `cobl train --help`)")
     p.add_argument("--codec-factor", type=int, default=DEFAULTS["codec_factor"],
                    help="space-to-depth factor of the tiny model's pixel codec")
+    p.add_argument("--prior", default=DEFAULTS["prior"],
+                   help="prior of whole objects to build CObL on (`cobl train-prior`), or 'none' to train "
+                   "the base UNet from scratch (default: the shipped assets/priors/tiny-objects-64-f8)")
+    p.add_argument("--fine-tune-prior", action="store_true",
+                   help="train the prior's weights too (default: frozen, as the paper keeps SD)")
     p.add_argument("--no-depth", dest="depth", action="store_false",
                    help="condition the model on the photo alone (default: photo + depth)")
     p.add_argument("--depth-source", choices=DEPTH_SOURCES, default=DEFAULTS["depth_source"],
@@ -99,6 +111,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="training scenes evaluated (does it fit what it saw?)")
     p.add_argument("--sampling-steps", type=int, default=DEFAULTS["sampling_steps"], help="sampler steps")
     p.add_argument("--guidance-scale", type=float, default=DEFAULTS["guidance_scale"])
+    p.add_argument("--min-area", type=float, default=DEFAULTS["min_area"],
+                   help="a layer counts as an object above this fraction of the image, for every method "
+                   f"(chosen on val, docs/demo.md; default {DEFAULTS['min_area']})")
     p.add_argument("--workers", type=int, default=DEFAULTS["workers"], help="Blender workers")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument(
@@ -172,21 +187,43 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def write_model_config(out: Path, args: argparse.Namespace) -> Path:
+def model_config(args: argparse.Namespace):
     """The tiny variant the sweep chose (docs/demo.md): a coarser pixel codec, the photo skip and the depth
-    condition."""
+    condition, around the frozen prior unless ``--prior none``."""
     from cobl.configs import sd_config, tiny_config
 
     if args.gpu_scale:  # the paper's design: frozen SD, conditioned on the photo and depth
         config = sd_config(args.num_objects, args.resolution).replace(depth_condition=args.depth)
     else:
         config = tiny_config(num_objects=args.num_objects, resolution=args.resolution).replace(
-            space_to_depth_factor=args.codec_factor, photo_skip=True, depth_condition=args.depth
+            space_to_depth_factor=args.codec_factor, photo_skip=True, depth_condition=args.depth,
+            train_base=_prior(args) is None or args.fine_tune_prior,
         )
-    config = config.replace(depth_source=args.depth_source)
+    return config.replace(depth_source=args.depth_source)
+
+
+def write_model_config(out: Path, args: argparse.Namespace) -> Path:
     path = out / "model_config.json"
-    write_text_atomic(path, config.to_json())
+    write_text_atomic(path, model_config(args).to_json())
     return path
+
+
+def _prior(args: argparse.Namespace) -> Path | None:
+    """The prior folder, or None for ``--prior none`` and the GPU profile (whose prior is SD)."""
+    return None if args.gpu_scale or args.prior == "none" else Path(args.prior)
+
+
+def check_prior(args: argparse.Namespace) -> str:
+    """Before anything renders: the prior fits the model config (a one-line error naming --prior otherwise);
+    returns its fingerprint (the weights' SHA-256), "none" without one."""
+    prior = _prior(args)
+    if prior is None:
+        return "none"
+    from cobl.factory import base_unet_config, load_prior, make_codec
+
+    config = model_config(args)
+    load_prior(prior, base_unet_config(config, make_codec(config)))
+    return _sha(prior / "diffusion_pytorch_model.safetensors")
 
 
 def _cli(argv: list[str]) -> None:
@@ -203,16 +240,18 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.gpu_scale:
         gpu_scale_profile(args)
     _check(args)
+    prior_sha = check_prior(args)  # before anything is written
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     data, run = out / "data", out / "run"
     stages = Stages(out)
-    model_config = write_model_config(out, args)
+    config_file = write_model_config(out, args)
     shards = data / "shards"
 
     def sampling(limit: int) -> list[str]:
         return ["--sampling-steps", str(args.sampling_steps), "--guidance-scale", str(args.guidance_scale),
-                "--seed", str(args.seed), "--limit", str(limit), "--selection-split", "val"]
+                "--seed", str(args.seed), "--limit", str(limit), "--selection-split", "val",
+                "--min-area", str(args.min_area)]
 
     plan: list[tuple[str, dict[str, Any], Path | None, Any]] = [
         (
@@ -238,17 +277,23 @@ def run_demo(args: argparse.Namespace) -> int:
                    for k in ("num_objects", "max_steps", "batch_size", "lr", "resolution", "seed",
                              "object_weight", "codec_factor", "depth", "depth_source", "slot_matching",
                              "gpu_scale", "pretrained")},
-                "model_config": _sha(model_config),  # the architecture itself, not only the flags
+                "model_config": _sha(config_file),  # the architecture itself, not only the flags
+                "prior": prior_sha,  # the prior's weights, not its path
             },
             run,
             lambda resume: [[
                 "train", "--data", str(shards / "train-*.tar"), "--out", str(run),
-                "--config", str(model_config),
+                "--config", str(config_file),
                 "--num-objects", str(args.num_objects), "--object-weight", str(args.object_weight),
                 "--resolution", str(args.resolution), "--max-steps", str(args.max_steps),
                 "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed),
                 "--checkpoint-every", str(max(100, args.max_steps // 10)),
                 *(["--slot-matching"] if args.slot_matching else []),
+                *(["--prior", str(_prior(args))] if _prior(args) is not None else []),
+                # the learning curve on val (RUN/val_curve.jsonl), sampled as the eval stage samples
+                "--val-data", str(shards / "val-*.tar"), "--val-every", str(max(1, args.max_steps // 5)),
+                "--val-scenes", str(min(args.val_scenes, 16)), "--val-min-area", str(args.min_area),
+                "--val-sampling-steps", str(args.sampling_steps),
                 *(["--resume", "latest"] if resume and any((run / "checkpoints").glob("step-*")) else []),
                 *(["--pretrained", args.pretrained, "--mixed-precision", "bf16"] if args.gpu_scale else []),
             ]],
@@ -256,7 +301,7 @@ def run_demo(args: argparse.Namespace) -> int:
         (
             "eval",
             {k: getattr(args, k) for k in ("val_scenes", "eval_scenes", "fit_scenes", "sampling_steps",
-                                           "guidance_scale", "seed")},
+                                           "guidance_scale", "seed", "min_area")},
             None,
             lambda resume: [
                 # val first: the split every choice is made on; unguided is a test-only baseline

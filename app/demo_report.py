@@ -99,6 +99,42 @@ def loss_figure(run: Path, path: Path) -> tuple[float, float]:
     return float(smooth[0]), float(smooth[-1])
 
 
+def val_curve_figure(run: Path, path: Path, visible_only: dict[str, float]) -> list[dict] | None:
+    """The learning curve on val (``RUN/val_curve.jsonl``, written by ``cobl train --val-data``): amodal mIoU,
+    occluded mIoU and count accuracy per point, with the visible-only oracle's values on the whole val split
+    as dashed lines. Returns the points (None when the run has no curve)."""
+    curve_file = run / "val_curve.jsonl"
+    if not curve_file.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_step = {}
+    for line in curve_file.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_step[record["step"]] = record  # a resumed run may repeat a step: the last one stands
+    points = [by_step[s] for s in sorted(by_step)]
+    steps = [p["step"] for p in points]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for key, label in (("amodal_miou", "amodal mIoU"), ("amodal_miou_occluded", "occluded mIoU"),
+                       ("count_accuracy", "count accuracy")):
+        line = ax.plot(steps, [p[key] if p[key] is not None else np.nan for p in points], "o-", label=label)
+        if visible_only.get(key) is not None:
+            ax.axhline(visible_only[key], ls="--", color=line[0].get_color(), alpha=0.6)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"val ({points[-1]['scenes']} scenes)")
+    ax.set_ylim(0, 1)
+    ax.set_title("dashed: visible-only oracle (true visible masks), whole val split", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return points
+
+
 def _rows(metrics: dict, oracle: bool) -> list[tuple[str, dict, str]]:
     """(method, summary, label) per method; a model row given rendered depth is labelled an oracle row."""
     label = {"model": "model (oracle depth)", "unguided": "unguided (oracle depth)"} if oracle else {}
@@ -112,6 +148,7 @@ def build_report(out: Path, args: argparse.Namespace, stage_seconds: dict[str, f
     test, val, train = splits["test"], splits["val"], splits["train"]
     dataset_figure(out / "data", out / "dataset_samples.png", args.num_objects, args.resolution)
     first, last = loss_figure(out / "run", out / "loss_curve.png")
+    curve = val_curve_figure(out / "run", out / "val_curve.png", val["methods"]["visible_only"])
     keys = predictions_figure(args, out / "predictions.png")
     totals = json.loads((out / "data" / "manifest.json").read_text())["totals"]
     source = test["settings"]["depth_source"]
@@ -150,6 +187,8 @@ def build_report(out: Path, args: argparse.Namespace, stage_seconds: dict[str, f
     figures = [
         ("Dataset samples: photo | background | ground-truth layers (front to back)", "dataset_samples.png"),
         ("Training loss", "loss_curve.png"),
+        *([("Learning curve on val (the guided sampler, as cobl eval runs it)", "val_curve.png")]
+          if curve else []),
         ("Held-out scenes: photo | true layers | predicted layers | recomposition", "predictions.png"),
     ]
     report = out / "report.html"

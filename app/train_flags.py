@@ -13,6 +13,8 @@ HELP = {
     "out": "run directory (checkpoints/, logs/, metrics.jsonl, final/)",
     "config": "model config: tiny | sd | a config .json",
     "pretrained": "local diffusers Stable Diffusion folder (unet/, vae/, scheduler/) for --config sd",
+    "prior": "tiny config: start from this prior of whole objects (`cobl train-prior`); it stays frozen "
+    "unless the config sets train_base",
     "vae": "AutoencoderKL folder from `cobl train-vae` (tiny config with a fitted VAE codec)",
     "num_objects": "K object slots (default: tiny 4, sd 6)",
     "resolution": "training image size (default: the config's)",
@@ -36,6 +38,12 @@ HELP = {
     "checkpoint_every": "save a resumable checkpoint every N optimizer steps",
     "resume": "'latest' or a checkpoint directory",
     "validate_every": "log validation images every N steps (0 = never)",
+    "val_data": "shards of the split that chooses (val): every --val-every steps the guided sampler is "
+    "scored on its first --val-scenes scenes, as `cobl eval` does (RUN/val_curve.jsonl, TensorBoard val/*)",
+    "val_every": "steps between points of the val learning curve (0 = none; the last step always has one)",
+    "val_scenes": "val scenes per learning-curve point",
+    "val_sampling_steps": "sampler steps of the learning-curve evaluation",
+    "val_min_area": "the small-object rule of the learning-curve evaluation (as `cobl eval --min-area`)",
     "num_workers": "DataLoader workers per process",
     "progress": "show a progress bar",
 }

@@ -54,9 +54,13 @@ class LayerCodec(nn.Module):
         lat = self._encode_images(_to_signed(slots.flatten(0, 1)))
         return lat.view(b, k + 1, *lat.shape[1:])
 
+    def decode_slots(self, latents: torch.Tensor) -> torch.Tensor:
+        """Slot latents ``[N, C, h, w]`` -> RGBA images ``[N, 4, H, W]`` in [0, 1], slot by slot."""
+        return _to_unit(self._decode_images(latents))
+
     def decode_layers(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, s = latents.shape[:2]
-        img = _to_unit(self._decode_images(latents.flatten(0, 1)))
+        img = self.decode_slots(latents.flatten(0, 1))
         img = img.view(b, s, *img.shape[1:])
         return img[:, :-1], img[:, -1, :3]
 

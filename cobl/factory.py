@@ -74,18 +74,77 @@ def check_pretrained(config: CObLConfig, pretrained: str | Path | None) -> None:
     _check_text_folders(path)
 
 
+def make_codec(config: CObLConfig, vae: str | Path | None = None) -> LayerCodec:
+    """The tiny config's frozen codec: space-to-depth, or a VAE fitted by ``cobl train-vae``."""
+    if vae is not None or config.codec == "vae":
+        if vae is None:
+            raise UserError(
+                f"config {config.name}: codec 'vae' needs a VAE folder (from `cobl train-vae`)", option="vae"
+            )
+        return VAECodec(load_vae(vae))
+    return SpaceToDepthCodec(config.space_to_depth_factor)
+
+
+def base_unet_config(config: CObLConfig, codec: LayerCodec) -> dict[str, Any]:
+    """The tiny base UNet's ``UNet2DConditionModel`` config: it models the whole slot latent (alpha too)."""
+    return dict(
+        config.unet,
+        sample_size=config.resolution // codec.downsample,
+        in_channels=codec.latent_channels,
+        out_channels=codec.latent_channels,
+    )
+
+
+def tiny_prompt_embedding(config: CObLConfig, dim: int) -> torch.Tensor:
+    """No text encoder at this size: a fixed random "prompt" ``[1, T, D]`` the UNet learns to read (the
+    same for the CObL model and its prior, ``train.prior``)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn((1, config.prompt_tokens, dim), generator=generator)
+
+
+def load_prior(path: str | Path, expected: dict[str, Any]):
+    """The base UNet saved by ``cobl train-prior`` in ``path``; a one-line UserError unless its architecture
+    is ``expected`` (the config's base UNet)."""
+    from diffusers import UNet2DConditionModel
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        message = f"{path}: expected a prior folder from `cobl train-prior` (config.json)"
+        raise UserError(message, option="prior")
+    unet = UNet2DConditionModel.from_pretrained(path)
+    have = dict(unet.config)
+    differ = sorted(k for k, v in expected.items() if _jsonish(have.get(k)) != _jsonish(v))
+    if differ:
+        k = differ[0]
+        raise UserError(
+            f"{path}: the prior's UNet has {k}={have.get(k)!r}, the model config needs {expected[k]!r}",
+            option="prior",
+        )
+    return unet
+
+
+def _jsonish(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
 def build(
-    config: CObLConfig, pretrained: str | Path | None = None, vae: str | Path | None = None
+    config: CObLConfig,
+    pretrained: str | Path | None = None,
+    vae: str | Path | None = None,
+    prior: str | Path | None = None,
 ) -> tuple[CObLModel, LayerCodec, Any]:
     """A fresh model, its frozen codec and the training scheduler.
 
-    ``tiny``: a randomly initialised UNet of ``config.unet`` (trained whole) fed a fixed random prompt
-    embedding, the space-to-depth codec, or a VAE fitted by ``cobl train-vae`` when ``vae`` is given. ``sd``:
-    the UNet, VAE, scheduler and the empty prompt's text embedding (tokenizer/ + text_encoder/) of the local
-    diffusers folder ``pretrained``.
+    ``tiny``: a randomly initialised UNet of ``config.unet`` fed a fixed random prompt embedding, or the
+    prior of whole objects in ``prior`` (``cobl train-prior``; trained on only when the config says
+    ``train_base``), with the space-to-depth codec, or a VAE fitted by ``cobl train-vae`` when ``vae`` is
+    given. ``sd``: the UNet, VAE, scheduler and the empty prompt's text embedding (tokenizer/ +
+    text_encoder/) of the local diffusers folder ``pretrained``.
     """
     config.validate()
     if config.name == "sd" or pretrained is not None:
+        if prior is not None:
+            raise UserError("--prior is for the tiny config; sd's prior is --pretrained", option="prior")
         check_pretrained(config, pretrained)
         path = Path(pretrained)
         codec: LayerCodec = VAECodec(load_vae(vae if vae is not None else path / "vae"))
@@ -94,26 +153,18 @@ def build(
         )
         return model, codec, make_scheduler(config, path)
 
-    if vae is not None or config.codec == "vae":
-        if vae is None:
-            raise UserError(
-                f"config {config.name}: codec 'vae' needs a VAE folder (from `cobl train-vae`)", option="vae"
-            )
-        codec = VAECodec(load_vae(vae))
-    else:
-        codec = SpaceToDepthCodec(config.space_to_depth_factor)
-    unet_config = dict(
-        config.unet,
-        sample_size=config.resolution // codec.downsample,
-        in_channels=codec.latent_channels,  # tiny's UNet models the whole slot latent (alpha included)
-        out_channels=codec.latent_channels,
-    )
+    codec = make_codec(config, vae)
+    unet_config = base_unet_config(config, codec)
+    if prior is not None:
+        base = load_prior(prior, unet_config)
+        prompt = tiny_prompt_embedding(config, base.config.cross_attention_dim)
+        model = CObLModel.from_unet(base, prompt, **_module_options(config, codec))
+        return model, codec, make_scheduler(config)
     model = CObLModel(
         unet_config=unet_config, prompt_tokens=config.prompt_tokens, **_module_options(config, codec)
     )
-    with torch.no_grad():  # no text encoder at this size: a fixed random "prompt" the UNet learns to read
-        generator = torch.Generator().manual_seed(0)
-        model.prompt_embedding.copy_(torch.randn(model.prompt_embedding.shape, generator=generator))
+    with torch.no_grad():
+        model.prompt_embedding.copy_(tiny_prompt_embedding(config, model.prompt_embedding.shape[-1]))
     return model, codec, make_scheduler(config)
 
 
@@ -168,4 +219,13 @@ def empty_prompt_embedding(path: str | Path) -> torch.Tensor:
         return encoder(ids)[0].float()
 
 
-__all__ = ["build", "build_shapes", "empty_prompt_embedding", "make_scheduler"]
+__all__ = [
+    "base_unet_config",
+    "build",
+    "build_shapes",
+    "empty_prompt_embedding",
+    "load_prior",
+    "make_codec",
+    "make_scheduler",
+    "tiny_prompt_embedding",
+]

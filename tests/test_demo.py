@@ -11,7 +11,8 @@ from PIL import Image
 from app.cli import main
 from app.report import METRIC_COLUMNS, format_cell
 
-MINI = ["--scenes", "16", "--resolution", "32", "--samples", "4", "--objects", "2-3", "--num-objects", "3",
+MINI = ["--prior", "none",
+        "--scenes", "16", "--resolution", "32", "--samples", "4", "--objects", "2-3", "--num-objects", "3",
         "--max-steps", "4", "--batch-size", "2", "--val-scenes", "2", "--eval-scenes", "2",
         "--fit-scenes", "2", "--sampling-steps", "2", "--workers", "1",
         "--split", "train=0.5,val=0.25,test=0.25"]
@@ -140,6 +141,21 @@ def test_bad_option_is_one_line_error(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--objects", "5-2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--objects" in err[0]
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("prior, message", [("/nonexistent", "expected a prior folder"),
+                                            (None, "sample_size")])
+def test_a_missing_or_mismatched_prior_is_a_one_line_error_before_anything_renders(tmp_path, capsys, prior,
+                                                                                  message):
+    """The shipped prior is for 64² and the 8x8 codec: the 32² miniature must say so (and a missing folder
+    likewise) on one line, naming --prior, before a scene is rendered."""
+    from app.demo import SHIPPED_PRIOR
+
+    argv = ["demo", "--out", str(tmp_path / "d"), *MINI, "--prior", prior or str(SHIPPED_PRIOR)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--prior" in err[0] and message in err[0], err
     assert not (tmp_path / "d").exists()
 
 

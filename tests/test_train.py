@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -172,10 +173,25 @@ def _argv(opts: TrainOptions) -> list[str]:
     return options_to_argv(opts)
 
 
+def test_val_learning_curve_is_scored_like_cobl_eval(shards, tmp_path):
+    """``--val-data``: every --val-every steps and at the last one, the guided sampler's val metrics."""
+    from train.loop import CURVE_METRICS, VAL_CURVE
+
+    val = str(Path(shards.split("{")[0]).parent / "train-000001.tar")
+    train(_opts(shards, tmp_path / "run", max_steps=3, val_data=val, val_every=2, val_scenes=2,
+                val_sampling_steps=2))
+    points = [json.loads(line) for line in (tmp_path / "run" / VAL_CURVE).read_text().splitlines()]
+    assert [p["step"] for p in points] == [2, 3]
+    for p in points:
+        assert p["scenes"] == 2 and set(CURVE_METRICS) <= set(p)
+        assert 0 <= p["amodal_miou"] <= 1 and 0 <= p["count_accuracy"] <= 1
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--data", "/nonexistent/train-{000000..000003}.tar"], "--data"),
+        (["--val-data", "/nonexistent/val-*.tar"], "--val-data"),
         (["--config", "enormous"], "--config"),
         (["--config", "sd"], "--pretrained"),
     ],

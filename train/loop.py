@@ -16,6 +16,7 @@ same loss trajectory as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import shutil
@@ -30,6 +31,10 @@ from core.errors import UserError
 from train.options import TrainOptions
 
 CHECKPOINT_DIR = "checkpoints"
+VAL_CURVE = "val_curve.jsonl"  # a line per learning-curve point; a resumed run may repeat a step (last wins)
+# The learning curve's metrics (``infer.metrics`` summary keys of the guided model).
+CURVE_METRICS = ("amodal_miou", "amodal_miou_occluded", "amodal_miou_strict", "count_accuracy",
+                 "order_accuracy", "hidden_recall")
 
 
 class SimulatedKill(RuntimeError):
@@ -107,6 +112,11 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
     config = resolve_config(opts)
     opts = resolve_recipe(opts, config)
     urls = expand_urls(opts.data)  # UserError naming the pattern when nothing matches
+    if opts.val_data:
+        try:
+            expand_urls(opts.val_data)  # the same, before an hour of training
+        except UserError as err:
+            raise UserError(err.detail, option="val_data") from None
     for name in ("max_steps", "batch_size"):
         if getattr(opts, name) < 1:
             raise UserError(f"must be >= 1, got {getattr(opts, name)}", option=name)
@@ -122,7 +132,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
     )
     rank, world = accelerator.process_index, accelerator.num_processes
     set_seed(opts.seed)  # identical initial weights on every rank
-    model, codec, noise_scheduler = build(config, pretrained=opts.pretrained, vae=opts.vae)
+    model, codec, noise_scheduler = build(config, pretrained=opts.pretrained, vae=opts.vae, prior=opts.prior)
     model.set_attention(opts.attention)
     if opts.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -265,6 +275,17 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
                     ema,
                 )
                 model.train()
+            last = global_step == opts.max_steps
+            curve_due = opts.val_every and (global_step % opts.val_every == 0 or last)
+            if accelerator.is_main_process and opts.val_data and curve_due:
+                unwrapped = accelerator.unwrap_model(model)
+                point = _val_curve_point(unwrapped, codec, noise_scheduler, config, opts, ema)
+                with (out / VAL_CURVE).open("a") as f:
+                    f.write(json.dumps({"step": global_step, **point}) + "\n")
+                for k, v in point.items():
+                    if isinstance(v, float):
+                        writer.add_scalar(f"val/{k}", v, global_step)
+                model.train()
             if stop_after_steps is not None and global_step >= stop_after_steps:
                 raise SimulatedKill(f"stopped after step {global_step}")
     finally:
@@ -351,11 +372,8 @@ def _log_validation(model, codec, noise_scheduler, config, samples, writer, step
     from train.validate import layer_grid, sample_layers
 
     model.eval()
-    if ema is not None:
-        ema.store(model.trainable_parameters())
-        ema.copy_to(model.trainable_parameters())
     device = next(model.parameters()).device
-    try:
+    with _ema_weights(model, ema):
         layers, background = sample_layers(
             export_pipeline(model, codec, noise_scheduler, config),
             samples.photo.to(device),
@@ -363,11 +381,36 @@ def _log_validation(model, codec, noise_scheduler, config, samples, writer, step
             steps=opts.validation_steps,
             seed=opts.seed,
         )
+    grid = layer_grid(samples.photo.to(device), layers.float(), background.float())
+    writer.add_image("validation/photo|layers|background|recomposition", grid.cpu(), step)
+
+
+@contextlib.contextmanager
+def _ema_weights(model, ema):
+    """Within this block the model holds its EMA weights (when it keeps an EMA)."""
+    if ema is not None:
+        ema.store(model.trainable_parameters())
+        ema.copy_to(model.trainable_parameters())
+    try:
+        yield
     finally:
         if ema is not None:
             ema.restore(model.trainable_parameters())
-    grid = layer_grid(samples.photo.to(device), layers.float(), background.float())
-    writer.add_image("validation/photo|layers|background|recomposition", grid.cpu(), step)
+
+
+def _val_curve_point(model, codec, noise_scheduler, config, opts: TrainOptions, ema) -> dict[str, Any]:
+    """The guided model on the first ``val_scenes`` val scenes, scored as ``cobl eval`` scores it."""
+    from infer.evaluate import MODEL, evaluate
+
+    model.eval()
+    with _ema_weights(model, ema):
+        metrics = evaluate(
+            export_pipeline(model, codec, noise_scheduler, config), opts.val_data, limit=opts.val_scenes,
+            seed=opts.seed, unguided=False, progress=False, num_inference_steps=opts.val_sampling_steps,
+            min_area=opts.val_min_area,
+        )
+    summary = metrics["methods"][MODEL]
+    return {"scenes": metrics["num_scenes"], **{k: summary.get(k) for k in CURVE_METRICS}}
 
 
 def _save_checkpoint(

@@ -1,10 +1,11 @@
-"""Trainer options: one dataclass holding every knob of a training run (its flags: app.train_flags).
+"""Trainer options: one dataclass per training command (``cobl train``'s flags: app.train_flags).
 
 Fields left at None take the model config's training recipe (``cobl.configs.recipe_for``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass
@@ -14,6 +15,7 @@ class TrainOptions:
     config: str = "tiny"
     pretrained: str | None = None
     vae: str | None = None
+    prior: str | None = None
     num_objects: int | None = None
     resolution: int | None = None
     prediction_type: str | None = None
@@ -43,8 +45,36 @@ class TrainOptions:
     validate_every: int = 500
     num_validation: int = 2
     validation_steps: int = 10
+    val_data: str | None = None
+    val_every: int = 0
+    val_scenes: int = 16
+    val_sampling_steps: int = 20
+    val_min_area: float = 0.02  # core.policy.MIN_OBJECT_AREA, the small-object rule of cobl eval
     log_every: int = 10
     num_workers: int = 2
     shuffle_buffer: int = 256
     seed: int = 0
     progress: bool = True
+
+
+@dataclass(frozen=True)
+class PriorOptions:
+    data: str  # shards of scenes disjoint from every split the CObL model is trained or judged on
+    out: str
+    config: str  # the CObL model config whose base UNet this is the prior for
+    max_steps: int = 6000
+    batch_size: int = 32
+    lr: float = 1e-3
+    object_weight: float = 10.0  # 1 + W under the layer's alpha, as the CObL loss weighs objects
+    val_fraction: float = 0.05  # held-out layers for the report's denoising loss
+    checkpoint_every: int = 500
+    seed: int = 0
+    progress: bool = True
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the weights depend on (not where they go, nor how often they are saved; ``train.prior`` adds
+        the config's base-UNet fields)."""
+        options = asdict(self)
+        for name in ("out", "config", "checkpoint_every", "progress"):  # the config's content is kept
+            options.pop(name)
+        return options
