@@ -45,23 +45,26 @@ def dataset_figure(data: Path, path: Path, num_objects: int, res: int) -> None:
     _grid(rows, path)
 
 
-def predictions_figure(args: argparse.Namespace, path: Path) -> list[str]:
-    """Rows of photo | true layers | predicted layers | recomposition for held-out scenes."""
+def predictions_figure(args: argparse.Namespace, path: Path, split: str = "test",
+                       model: Path | None = None, data: str | None = None) -> list[str]:
+    """Rows of photo | true layers | predicted layers | recomposition for the first scenes of ``split``,
+    sampled and filtered as ``cobl eval`` does (``model``/``data`` default to the demo's own)."""
     from cobl.data import make_dataset, sample_seed
     from core.layers import composite
     from infer.evaluate import model_depth_source
     from infer.pipeline import decompose, load_pipeline
 
-    pipe = load_pipeline(args.out / "run")
+    pipe = load_pipeline(model or args.out / "run")
     rows, keys = [], []
-    data = str(args.out / "data" / "shards" / "test-*.tar")
+    data = data or str(args.out / "data" / "shards" / f"{split}-*.tar")
     source = model_depth_source(pipe)  # the depth cobl eval gives it
     for s in itertools.islice(iter(make_dataset(data, pipe.num_objects, pipe.resolution, shuffle=False,
                                                 epochs=1, depth=pipe.uses_depth,
                                                 depth_source="rendered" if source == "none" else source)),
                               FIGURE_SCENES):
         result = decompose(pipe, s.photo, s.depth, num_inference_steps=args.sampling_steps,
-                           guidance_scale=args.guidance_scale, seed=sample_seed(s.key, args.seed) % 2**63)
+                           guidance_scale=args.guidance_scale, seed=sample_seed(s.key, args.seed) % 2**63,
+                           min_area=args.min_area)
         true = [to_uint8(layer) for layer in s.layers[: s.num_objects]]
         pred = [to_uint8(layer) for layer in result.layers]
         width = max(pipe.num_objects, 1)
@@ -150,6 +153,7 @@ def build_report(out: Path, args: argparse.Namespace, stage_seconds: dict[str, f
     first, last = loss_figure(out / "run", out / "loss_curve.png")
     curve = val_curve_figure(out / "run", out / "val_curve.png", val["methods"]["visible_only"])
     keys = predictions_figure(args, out / "predictions.png")
+    val_keys = predictions_figure(args, out / "predictions_val.png", split="val")
     totals = json.loads((out / "data" / "manifest.json").read_text())["totals"]
     source = test["settings"]["depth_source"]
     oracle = bool(test["settings"].get("oracle_inputs"))
@@ -177,7 +181,7 @@ def build_report(out: Path, args: argparse.Namespace, stage_seconds: dict[str, f
         f"on test (docs/demo.md), so these test numbers are held out from this run, not from that choice.",
         f"fit check: {train['num_scenes']} training scenes",
         "stage seconds: " + ", ".join(f"{k} {v}" for k, v in stage_seconds.items() if v is not None),
-        f"prediction figure scenes: {', '.join(keys)}",
+        f"prediction figure scenes: test {', '.join(keys)}; val {', '.join(val_keys)}",
     ]
     tables = [
         (f"Held-out test scenes ({test['num_scenes']}, evaluated once)", _rows(test, oracle)),
@@ -189,7 +193,9 @@ def build_report(out: Path, args: argparse.Namespace, stage_seconds: dict[str, f
         ("Training loss", "loss_curve.png"),
         *([("Learning curve on val (the guided sampler, as cobl eval runs it)", "val_curve.png")]
           if curve else []),
-        ("Held-out scenes: photo | true layers | predicted layers | recomposition", "predictions.png"),
+        ("Held-out test scenes: photo | true layers | predicted layers | recomposition", "predictions.png"),
+        ("Val scenes, the pictures the choices were judged by: photo | true layers | predicted layers | "
+         "recomposition", "predictions_val.png"),
     ]
     report = out / "report.html"
     write_report(report, title="cobl demo", summary_lines=lines, tables=tables, figures=figures,

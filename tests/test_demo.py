@@ -34,7 +34,8 @@ def test_demo_leaves_no_ray_instance_behind(demo_out):
 
 
 def test_every_artifact_exists_and_parses(demo_out):
-    for png in ("dataset_samples.png", "loss_curve.png", "predictions.png"):
+    for png in ("dataset_samples.png", "loss_curve.png", "val_curve.png", "predictions.png",
+                "predictions_val.png"):
         with Image.open(demo_out / png) as im:
             assert im.size[0] > 100 and im.size[1] > 100
     manifest = json.loads((demo_out / "data" / "manifest.json").read_text())
@@ -47,6 +48,8 @@ def test_every_artifact_exists_and_parses(demo_out):
     assert (demo_out / "data" / "croissant.json").is_file()
     assert (demo_out / "data" / "gallery" / "index.html").is_file()
     assert (demo_out / "run" / "final" / "model_index.json").is_file()
+    curve = [json.loads(line) for line in (demo_out / "run" / "val_curve.jsonl").read_text().splitlines()]
+    assert curve[-1]["step"] == 4 and curve[-1]["scenes"] == 2  # the learning curve on val ends at the end
     # The default model is conditioned on the photo and a simulated monocular depth (cobl.depth), never
     # on the renderer's exact depth.
     config = json.loads((demo_out / "model_config.json").read_text())

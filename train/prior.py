@@ -279,32 +279,33 @@ def write_samples(unet, prompt, config, codec, path: Path, seed: int = 0, count:
 def model_card(report: dict[str, Any], opts: PriorOptions) -> str:
     o = report["options"]
     cfg = o["model_config"]
+    side = cfg["resolution"]
+    layers = report["layers"]
     return f"""# Tiny CObL prior of whole objects
 
 A diffusers `UNet2DConditionModel` ({report["parameters"]:,} parameters): the base UNet of the tiny CObL
-config (`model_config` in `prior_report.json`), trained unconditionally (the config's fixed prompt) to denoise
-single slot latents of the pixel codec (space-to-depth factor {cfg["space_to_depth_factor"]},
-{cfg["resolution"]}x{cfg["resolution"]} RGBA): the amodally complete object layers and the backgrounds of
-rendered tabletop scenes. `cobl train --prior DIR` builds CObL around it; the demo keeps it frozen and trains
-only the CObL modules, as the paper does on top of Stable Diffusion.
+config (its base-UNet fields are `options.model_config` in `prior_report.json`), trained unconditionally (the
+config's fixed prompt) to denoise single slot latents of the pixel codec (space-to-depth factor
+{cfg["space_to_depth_factor"]}, {side}x{side} RGBA): the amodally complete object layers and the backgrounds
+of rendered tabletop scenes. `cobl train --prior DIR` builds CObL around it; the demo keeps it frozen and
+trains only the CObL modules, as the paper does on top of Stable Diffusion.
 
 ## How it was made
 
     cobl train-prior --data '{o["data"]}' --config CONFIG --out DIR \\
         --max-steps {o["max_steps"]} --batch-size {o["batch_size"]} --lr {o["lr"]} --seed {o["seed"]}
 
-- Data: {report["layers"]["train"]} layers for training, {report["layers"]["held_out"]} held out (by scene),
-  from {report["layers"]["scenes"]} scenes rendered with a dataset seed that no demo split uses
-  (`docs/demo.md` gives the render command).
-- Objective: the config's prediction type ({cfg["prediction_type"]}), MSE weighted
-  1 + {o["object_weight"]} under the layer's alpha; AdamW {o["lr"]}, cosine decay, gradient clip 1.
+- Data: {layers["train"]} layers for training and {layers["held_out"]} held out (split by scene), from
+  {layers["scenes"]} scenes whose dataset seed no CObL split uses.
+- Objective: the config's prediction type ({cfg["prediction_type"]}), MSE weighted 1 + {o["object_weight"]}
+  under the layer's alpha; AdamW {o["lr"]} with cosine decay, gradient clip 1.
 - Denoising loss: training {report["loss_first_100"]:.4f} (first 100 steps) ->
-  {report["loss_last_100"]:.4f} (last 100);
-  held-out layers {report["held_out_loss_init"]:.4f} at initialisation -> {report["held_out_loss"]:.4f}.
-- `samples.png`: 16 unconditional samples (DDIM, 20 steps) on a checkerboard.
+  {report["loss_last_100"]:.4f} (last 100); held-out layers {report["held_out_loss_init"]:.4f} at
+  initialisation -> {report["held_out_loss"]:.4f}.
+- `samples.png`: 16 unconditional samples (DDIM, 20 steps) over a checkerboard.
 
 ## Limits
 
-Rendered primitives and scanned-like meshes of this project's asset set only, at one resolution and codec: a
-prior for the demo, not a general object model.
+Rendered primitives and meshes of this project's asset set only, at one resolution and codec: a prior for the
+demo, not a general object model.
 """
