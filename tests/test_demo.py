@@ -11,8 +11,7 @@ from PIL import Image
 from app.cli import main
 from app.report import METRIC_COLUMNS, format_cell
 
-MINI = ["--prior", "none",
-        "--scenes", "16", "--resolution", "32", "--samples", "4", "--objects", "2-3", "--num-objects", "3",
+MINI = ["--scenes", "16", "--resolution", "32", "--samples", "4", "--objects", "2-3", "--num-objects", "3",
         "--max-steps", "4", "--batch-size", "2", "--val-scenes", "2", "--eval-scenes", "2",
         "--fit-scenes", "2", "--sampling-steps", "2", "--workers", "1",
         "--split", "train=0.5,val=0.25,test=0.25"]
