@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core.policy import MIN_OBJECT_AREA
+
 
 @dataclass
 class TrainOptions:
@@ -49,7 +51,7 @@ class TrainOptions:
     val_every: int = 0
     val_scenes: int = 16
     val_sampling_steps: int = 20
-    val_min_area: float = 0.02  # core.policy.MIN_OBJECT_AREA, the small-object rule of cobl eval
+    val_min_area: float = MIN_OBJECT_AREA  # the small-object rule of cobl eval
     log_every: int = 10
     num_workers: int = 2
     shuffle_buffer: int = 256

@@ -66,7 +66,7 @@ def layer_pool(urls: list[str], config: Any, codec: Any) -> tuple[torch.Tensor, 
             encoded = codec.encode_layers(sample.layers[None], sample.background[None])[0]  # [S, C, h, w]
             alpha = torch.cat([sample.layers[:, 3], torch.ones_like(sample.layers[:1, 3])])  # [S, H, W]
             pooled = torch.nn.functional.adaptive_avg_pool2d(alpha[:, None], encoded.shape[-2:])
-            keep = [k for k in range(sample.num_objects)] + [len(encoded) - 1]  # objects, then background
+            keep = [*range(sample.num_objects), len(encoded) - 1]  # objects, then background
             latents.append(encoded[keep])
             alphas.append(pooled[keep])
             keys += [sample.key] * len(keep)
@@ -139,6 +139,7 @@ def train_prior(opts: PriorOptions, stop_after_steps: int | None = None) -> dict
     unet_config = base_unet_config(config, codec)
     scheduler = make_scheduler(config)
     prompt = tiny_prompt_embedding(config, unet_config["cross_attention_dim"])
+    timesteps = scheduler.config.num_train_timesteps
     pool, alphas, keys = layer_pool(urls, config, codec)
     train_idx, val_idx = _split(keys, opts.val_fraction)
     if len(train_idx) == 0 or len(val_idx) == 0:
@@ -168,9 +169,8 @@ def train_prior(opts: PriorOptions, stop_after_steps: int | None = None) -> dict
         total = []
         with torch.no_grad():
             for j in range(8):
-                index, t, noise = _draw(j, opts.seed + 1, len(val_idx), 64, tuple(pool.shape[1:]), 1000)
+                index, t, noise = _draw(j, opts.seed + 1, len(val_idx), 64, tuple(pool.shape[1:]), timesteps)
                 chosen = val_idx[index]
-                t = t * scheduler.config.num_train_timesteps // 1000
                 total.append(
                     float(
                         denoising_loss(
@@ -200,7 +200,7 @@ def train_prior(opts: PriorOptions, stop_after_steps: int | None = None) -> dict
             len(train_idx),
             opts.batch_size,
             tuple(pool.shape[1:]),
-            scheduler.config.num_train_timesteps,
+            timesteps,
         )
         chosen = train_idx[index]
         loss = denoising_loss(
@@ -244,23 +244,21 @@ def train_prior(opts: PriorOptions, stop_after_steps: int | None = None) -> dict
     }
     with atomic_path(out) as tmp:
         unet.save_pretrained(tmp, safe_serialization=True)
-        write_samples(unet, prompt, config, codec, tmp / "samples.png", seed=opts.seed)
+        write_samples(unet, prompt, scheduler, config, codec, tmp / "samples.png", seed=opts.seed)
         (tmp / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True))
         (tmp / "README.md").write_text(model_card(report, opts))
     return report
 
 
-def write_samples(unet, prompt, config, codec, path: Path, seed: int = 0, count: int = 16) -> None:
+def write_samples(unet, prompt, scheduler, config, codec, path: Path, seed: int = 0, count: int = 16) -> None:
     """A 4x4 grid of prior samples (DDIM, 20 steps) composited on a checkerboard: what the prior believes a
     single layer looks like."""
     from diffusers import DDIMScheduler
     from PIL import Image
 
-    from cobl.factory import make_scheduler
     from core.images import over_checkerboard, to_uint8
 
-    train_sched = make_scheduler(config)
-    sampler = DDIMScheduler.from_config(train_sched.config)
+    sampler = DDIMScheduler.from_config(scheduler.config)
     sampler.set_timesteps(20)
     g = torch.Generator().manual_seed(seed)
     side = config.resolution // codec.downsample
