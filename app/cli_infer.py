@@ -21,7 +21,9 @@ from infer.settings import (
     PRESETS,
     SAMPLERS,
     SCHEDULES,
+    STEP_KINDS,
     GuidanceConfig,
+    guidance_options,
 )
 
 
@@ -77,6 +79,13 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
         "occupied slots)",
     )
     p.add_argument(
+        "--prune-every",
+        type=int,
+        default=defaults.prune_every,
+        help="after the order search, reset empty or fully hidden object slots to the empty layer every N "
+        "steps (0 = never)",
+    )
+    p.add_argument(
         "--prior-weight",
         type=float,
         default=defaults.prior_weight,
@@ -84,12 +93,27 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
         f"objects; 0 = off, default {defaults.prior_weight})",
     )
     p.add_argument(
+        "--guidance-step",
+        choices=STEP_KINDS,
+        default=defaults.step,
+        help="length of a guidance step: residual (scale x the recomposition residual's RMS), noise (scale x "
+        "the noise level), unit_norm (scale / the gradient's L2 norm, as the authors' code)",
+    )
+    p.add_argument(
+        "--condition-scale",
+        type=float,
+        default=defaults.condition_scale,
+        help="classifier-free guidance over the photo and depth (1 = off; only for models trained with "
+        "condition dropout, e.g. the sd recipe)",
+    )
+    p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
         default=None,
-        help="a named sampler: 'authors' = 20 DDIM steps, one guidance step per step at 1.75, order search "
-        "and empty/hidden-slot removal every 5 steps, a weak prior pull (replaces the sampling options "
-        "above; docs/architecture.md)",
+        help="a named sampler: 'authors' = 20 DDIM steps, classifier-free guidance 1.75, one unit-norm "
+        "guidance step per step through the denoiser, order search then empty/hidden-slot removal every 5 "
+        "steps, a weak prior pull; the parts a model cannot use are turned off with a note (replaces the "
+        "sampling options above but --min-area; docs/architecture.md)",
     )
     p.add_argument(
         "--min-area",
@@ -160,10 +184,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _check_options(args: argparse.Namespace) -> None:
     if args.sampling_steps < 1:
         raise UserError(f"--sampling-steps: expected a positive integer, got {args.sampling_steps}")
-    if not args.guidance_scale >= 0:
-        raise UserError(f"--guidance-scale: expected a number >= 0, got {args.guidance_scale}")
-    if args.reorder_every < 0:
-        raise UserError(f"--reorder-every: expected an integer >= 0, got {args.reorder_every}")
+    for name in ("guidance_scale", "condition_scale"):
+        if not getattr(args, name) >= 0:
+            raise UserError(f"--{name.replace('_', '-')}: expected a number >= 0, got {getattr(args, name)}")
+    for name in ("reorder_every", "prune_every"):
+        value = getattr(args, name)
+        if value < 0:
+            raise UserError(f"--{name.replace('_', '-')}: expected an integer >= 0, got {value}")
     for name in ("min_area", "min_visible", "guidance_start", "denoiser_gradient_until", "prior_weight"):
         value = getattr(args, name)
         if not 0 <= value <= 1:
@@ -182,6 +209,10 @@ def _load(args: argparse.Namespace) -> Any:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(args.model, device=device)
     pipe.use_sampler(args.sampler)
+    sampling = _sampling(args)  # settings the model cannot honour: one line before any work
+    _, _, notes = pipe.guidance_settings(args.preset, args.min_area, **guidance_options(**sampling))
+    for note in notes:
+        print(f"note: {note}")
     return pipe
 
 
@@ -194,7 +225,10 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
         "guidance_start": args.guidance_start,
         "denoiser_gradient_until": args.denoiser_gradient_until,
         "reorder_every": args.reorder_every,
+        "prune_every": args.prune_every,
         "prior_weight": args.prior_weight,
+        "guidance_step": args.guidance_step,
+        "condition_scale": args.condition_scale,
         "preset": args.preset,
         "min_area": args.min_area,
         "min_visible": args.min_visible,
@@ -353,6 +387,7 @@ def run_eval(args: argparse.Namespace) -> int:
         s = result["methods"][method]
         print(
             f"{method:>12}: mIoU {_fmt(s['amodal_miou'])} (occluded {_fmt(s['amodal_miou_occluded'])}, "
+            f"with no area rule {_fmt(s['amodal_miou_occluded_min_area_0'])}, "
             f"strict {_fmt(s['amodal_miou_strict'])}), hidden recall {_fmt(s['hidden_recall'])}, "
             f"fg-ARI {_fmt(s['fg_ari'])}, order {_fmt(s['order_accuracy'])}, "
             f"count {_fmt(s['count_accuracy'])}, recomp PSNR {_fmt(s['recomposition_psnr'])}"

@@ -30,7 +30,7 @@ from typing import Any
 from app.parser import run_cli
 from core.atomic import write_text_atomic
 from core.errors import UserError
-from core.policy import DEPTH_SOURCES
+from core.policy import DEPTH_SOURCES, MIN_OBJECT_AREA
 
 STAGES = ("data", "publish", "train", "eval", "report")
 
@@ -61,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "eval_scenes": 96,
     "fit_scenes": 24,
     "sampling_steps": 20,
-    "min_area": 0.02,  # the small-object rule (alpha mass / image) for every method
+    "min_area": MIN_OBJECT_AREA,  # the small-object rule (alpha mass / image), both sides, every method
     "guidance_scale": 1.0,
     "workers": 2,
     "seed": 0,
@@ -113,7 +113,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sampling-steps", type=int, default=DEFAULTS["sampling_steps"], help="sampler steps")
     p.add_argument("--guidance-scale", type=float, default=DEFAULTS["guidance_scale"])
     p.add_argument("--min-area", type=float, default=DEFAULTS["min_area"],
-                   help="a layer counts as an object above this fraction of the image, for every method "
+                   help="a layer counts as an object above this fraction of the image, on both sides (true "
+                   "objects at or under it are ignored) and for every method "
                    f"(chosen on val, docs/demo.md; default {DEFAULTS['min_area']})")
     p.add_argument("--workers", type=int, default=DEFAULTS["workers"], help="Blender workers")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])

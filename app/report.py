@@ -20,6 +20,8 @@ METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("amodal_miou", "amodal mIoU", "Hungarian-matched amodal mask IoU, unmatched objects count 0"),
     ("amodal_miou_strict", "mIoU strict", "the same, extra and duplicate predicted layers counting IoU 0"),
     ("amodal_miou_occluded", "mIoU occluded", "amodal mIoU over objects hidden in part"),
+    ("amodal_miou_occluded_min_area_0", "mIoU occluded, no area rule",
+     "the same with no small-object rule: every true object and every non-empty predicted layer counts"),
     ("amodal_miou_unoccluded", "mIoU unoccluded", "the same over fully visible objects"),
     ("hidden_recall", "hidden recall", "occluded objects: fraction of their hidden pixels the layer covers"),
     ("hidden_precision", "hidden precision",
@@ -30,6 +32,8 @@ METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("recomposition_psnr", "recomp. PSNR", "layers composited over the background vs the photo (dB)"),
     ("order_accuracy", "order acc.", "pairwise front/back accuracy over matched overlapping pairs"),
     ("count_accuracy", "count acc.", "fraction of scenes whose object count is right"),
+    ("small_objects_ignored", "ignored objects",
+     "true objects at or under the small-object rule: left out of every metric, for every method"),
 )
 
 

@@ -10,6 +10,10 @@ ALPHA_THRESHOLD = 0.5
 # discovery at inference, the order search, evaluation and the small-object rule of the metrics.
 MIN_OBJECT_AREA = 0.02
 
+# New datasets hold no object the method is defined not to report: the scene sampler's default minimum amodal
+# area (ray-cast at its check resolution) is the rule above plus a margin for the anti-aliased alpha mass.
+SAMPLED_MIN_OBJECT_AREA = MIN_OBJECT_AREA + 0.01
+
 # Exhaustive searches over slot orders stop at this many occupied slots (6! = 720 orders).
 MAX_ORDER_SEARCH_SLOTS = 6
 

@@ -2,8 +2,15 @@
 
 Scenes come from shards through ``cobl.data`` (the trainer's reader), decoded at the model's resolution with
 the model's K. Every method sees the same photo; the model and the unguided sampler also start from the same
-noise (seeded by the scene key), so their difference is the guidance alone. Ground-truth visible fractions
-(for the occluded / unoccluded split) are computed from the true alphas with ``cobl.layers.visible_weights``.
+noise (seeded by the scene key), and the unguided row turns off the composite guidance together with what
+looks at the photo through the decoded layers (order search, pruning) and the prior pull
+(``GuidanceConfig.unguided``), so their difference is the guidance alone. Ground-truth visible fractions (for
+the occluded / unoccluded split) are computed from the true alphas with ``core.layers.visible_weights``.
+
+Scoring (``infer.metrics``): one small-object rule on both sides (``settings.small_object_rule = "ignore"``).
+The model's layers are kept at any area by the sampler here and the rule is applied by the metric, so the same
+sample also gives the occluded mIoU without any rule (``amodal_miou_occluded_min_area_0``); the visible-only
+oracle's exact visible masks are not filtered by their visible area.
 
 Depth: a depth-conditioned model gets the depth it was trained on (its config's ``depth_source``: the
 renderer's exact depth, an oracle input, or the simulated monocular estimate, ``cobl.depth``) unless
@@ -25,9 +32,11 @@ from core.errors import UserError
 from core.policy import MIN_OBJECT_AREA
 from infer.baselines import visible_only_layers
 from infer.metrics import evaluate_scene, summarize
-from infer.pipeline import CObLPipeline, decompose
+from infer.pipeline import CObLPipeline, decompose, kept_stack
+from infer.settings import MIN_VISIBLE
 
 MODEL, UNGUIDED, VISIBLE_ONLY = "model", "unguided", "visible_only"
+SMALL_OBJECT_RULE = "ignore"  # true objects under the rule are ignored, not missed (infer.metrics)
 
 
 def model_depth_source(pipe: CObLPipeline) -> str:
@@ -68,6 +77,7 @@ def evaluate(
         depth_source=source if from_shard else "rendered",
     )
     min_area = sampling.get("min_area", MIN_OBJECT_AREA)  # the one small-object rule, for every method
+    min_visible = sampling.get("min_visible", MIN_VISIBLE)
     scenes: list[dict[str, Any]] = []
     seconds = {MODEL: 0.0, UNGUIDED: 0.0}
     stream = itertools.islice(iter(dataset), limit) if limit is not None else iter(dataset)
@@ -88,13 +98,15 @@ def evaluate(
                 pipe, photo, depth, seed=scene_seed, **{**sampling, "guidance_scale": scale}
             )
             seconds[name] += time.perf_counter() - start
+            # every object the sampler kept at any area: the metric applies the small-object rule
+            reported = kept_stack(result.slot_layers, result.background, 0.0, min_visible)
             entry[name] = evaluate_scene(
-                result.layers, result.background, true_layers, photo, true_ids=ids, min_area=min_area
+                reported.layers, result.background, true_layers, photo, true_ids=ids, min_area=min_area
             )
             entry[name]["slots"] = result.slots
         vis_layers, vis_bg = visible_only_layers(photo, true_layers, ids=ids)
         entry[VISIBLE_ONLY] = evaluate_scene(
-            vis_layers, vis_bg, true_layers, photo, true_ids=ids, min_area=min_area
+            vis_layers, vis_bg, true_layers, photo, true_ids=ids, min_area=min_area, filter_predictions=False
         )
         scenes.append(entry)
     if not scenes:
@@ -112,6 +124,8 @@ def evaluate(
             # what the model is given that a user with a photo would not have: such a row is an oracle row
             "oracle_inputs": ["rendered depth"] if source == "rendered" else [],
             "min_area": min_area,
+            "small_object_rule": SMALL_OBJECT_RULE,
+            "sampler_notes": list(getattr(pipe, "notes", [])),
         },
         "seconds_per_scene": {m: seconds[m] / n for m in methods if m in seconds},
         "skipped": {k: v for k, v in dataset.counts.items() if k != "decoded"},

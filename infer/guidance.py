@@ -1,7 +1,7 @@
 """Composite guidance: nudge the sampler so the predicted layers composite back to the photo.
 
 At a sampler step the denoiser's output gives a prediction of the clean latents ``x0`` of every slot. The
-codec decodes them (differentiably) into object layers and a background, ``cobl.layers.composite`` stacks
+codec decodes them (differentiably) into object layers and a background, ``core.layers.composite`` stacks
 them, and the recomposition error ``L = mean(valid * (composite - photo)^2)`` is differentiated, and
 normalised gradient steps are taken with a weight that follows a schedule over the sampling progress. The
 authors take one such step per sampler step (modes ``"x0"`` and ``"latents"`` do; the ``"authors"`` preset of
@@ -44,7 +44,7 @@ from cobl.parametrization import per_sample
 from cobl.slots import occupied_slots, slot_orders
 from core.layers import ALPHA_CHANNEL, composite
 from core.policy import MIN_OBJECT_AREA
-from infer.settings import MODES, SCHEDULES, GuidanceConfig
+from infer.settings import MODES, SCHEDULES, STEP_KINDS, GuidanceConfig
 
 SEARCH_RESOLUTION = 64  # the order search compares composites at most this big (area-averaged): ranking only
 
@@ -72,10 +72,30 @@ def decoded_error(
     return recomposition_error(layers.clamp(0, 1), background.clamp(0, 1), photo, valid)
 
 
-def normalised_step(grad: torch.Tensor, error: torch.Tensor, size: float) -> torch.Tensor:
-    """The update ``-size * rms(residual) * grad / rms(grad)`` per sample (zero where the gradient is 0)."""
-    rms_grad = grad.flatten(1).pow(2).mean(1).sqrt()
-    scale = size * error.detach().clamp_min(0).sqrt() / rms_grad.clamp_min(1e-12)
+def normalised_step(
+    grad: torch.Tensor,
+    error: torch.Tensor,
+    size: float,
+    kind: str = "residual",
+    noise_level: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The update ``-length * grad / rms(grad)`` per sample (zero where the gradient is 0), its per-element
+    length (RMS) set by ``kind`` (``infer.settings.STEP_KINDS``): ``size * rms(residual)`` ("residual"),
+    ``size * noise_level`` ("noise": ``noise_level [B]`` = sqrt(1 - alpha_bar_t)), or a step of L2 norm
+    ``size`` over the whole sample ("unit_norm", the authors' ``guidance_weight * grad / ||grad||``)."""
+    flat = grad.flatten(1)
+    rms_grad = flat.pow(2).mean(1).sqrt()
+    if kind == "residual":
+        length = size * error.detach().clamp_min(0).sqrt()
+    elif kind == "noise":
+        if noise_level is None:
+            raise ValueError("step kind 'noise' needs the noise level")
+        length = size * noise_level.to(grad.dtype).expand(grad.shape[0])
+    elif kind == "unit_norm":
+        length = torch.full_like(rms_grad, size / flat.shape[1] ** 0.5)
+    else:
+        raise ValueError(f"guidance step must be one of {STEP_KINDS}, got {kind!r}")
+    scale = length / rms_grad.clamp_min(1e-12)
     scale = torch.where(rms_grad > 0, scale, torch.zeros_like(scale))
     return -per_sample(scale, grad) * grad
 
@@ -86,13 +106,15 @@ def guide_x0(
     photo: torch.Tensor,
     size: float,
     valid: torch.Tensor | None = None,
+    kind: str = "residual",
+    noise_level: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One normalised gradient step on the clean prediction ``x0`` (mode ``"x0"``)."""
     with torch.enable_grad():
         x = x0.detach().requires_grad_(True)
         error = decoded_error(decode, x, photo, valid)
         (grad,) = torch.autograd.grad(error.sum(), x)
-    return x0 + normalised_step(grad, error, size)
+    return x0 + normalised_step(grad, error, size, kind, noise_level)
 
 
 def slot_order_error(

@@ -1,18 +1,23 @@
 """Scoring a predicted layer stack against ground truth: matching, per-scene rows, dataset summary.
 
 Everything here is a pure function of arrays (numpy or torch, ``[K, 4, H, W]`` layers in [0, 1], slot 0
-frontmost, as in ``cobl.layers``), so the same code scores the model, the unguided sampler and the baselines.
+frontmost, as in ``core.layers``), so the same code scores the model, the unguided sampler and the baselines.
 
 Definitions (the ones the report's table documents):
   * Masks are alphas above ``ALPHA_THRESHOLD``. Ground-truth slots with an empty mask are absent objects.
   * Matching: Hungarian assignment (scipy) maximising amodal-mask IoU; pairs with IoU 0 are not matches.
-  * Small-object rule, the same for every method: a predicted layer counts only when its alpha mass exceeds
-    ``MIN_OBJECT_AREA`` of the image (the pipeline's own object-discovery rule, ``core.policy``); smaller
-    predicted layers are dropped before matching. True objects of any size are scored (``small_objects``
-    counts those under the rule, which no method can report).
+  * Small-object rule, one rule on both sides (``small_object_rule = "ignore"``): an object is a layer whose
+    alpha mass exceeds ``MIN_OBJECT_AREA`` of the image (``core.policy``; the pipeline's own object-discovery
+    rule). A predicted layer at or under it is not reported (dropped before matching, unless the caller
+    says the predictions are exact, as the visible-only oracle's visible masks are: ``filter_predictions``).
+    A TRUE object at or under it is *ignored*: it leaves the count, the mIoU denominators, the occluded split,
+    the hidden-part pools, the order pairs and the fg-ARI pixels, and a prediction matched to it (after the
+    objects that count have been matched) is neither credited nor charged. ``small_objects_ignored`` counts
+    them. ``amodal_miou_occluded_min_area_0`` is the occluded mIoU with no rule at all (every prediction
+    and every true object), reported beside the rule's value.
   * ``amodal_miou``: mean IoU over TRUE objects, an unmatched true object counts 0 (extra predicted layers are
     not seen by it). Split by occlusion: a true object is occluded when its visible fraction
-    (``cobl.layers.visible_weights``) is below ``OCCLUDED_BELOW``.
+    (``core.layers.visible_weights``) is below ``OCCLUDED_BELOW``.
   * ``amodal_miou_strict``: extra and duplicate layers charged: the matched IoUs summed over the true objects
     AND the unmatched predicted layers, each unmatched prediction counting IoU 0
     (``sum(matched IoU) / (true objects + unmatched predictions)``).
@@ -31,7 +36,8 @@ Definitions (the ones the report's table documents):
   * ``recomposition_psnr``: the predicted layers composited over the predicted background vs the photo.
   * ``order_accuracy``: over pairs of matched true objects whose true amodal masks overlap (so one hides the
     other), the fraction whose predicted slots are in the same front/back order.
-  * ``count_accuracy``: 1 when the number of predicted layers equals the number of true objects.
+  * ``count_accuracy``: 1 when the number of reported layers (those not matched to an ignored object)
+    equals the number of true objects that count.
 PSNRs (core.images.psnr) are capped at ``PSNR_CAP_DB`` so a perfect prediction gives a finite number.
 
 ``summarize`` pools the scenes and adds, for the metrics in ``CI_METRICS``, ``<name>_ci = [low, high]``: a
@@ -65,6 +71,7 @@ CI_LEVEL = 0.95
 POOLED: dict[str, tuple[str, str]] = {
     "amodal_miou": ("iou_sum", "num_true"),
     "amodal_miou_occluded": ("iou_sum_occluded", "num_occluded"),
+    "amodal_miou_occluded_min_area_0": ("iou_sum_occluded_min_area_0", "num_occluded_min_area_0"),
     "amodal_miou_unoccluded": ("iou_sum_unoccluded", "num_unoccluded"),
     "amodal_miou_strict": ("iou_sum", "strict_count"),
     "hidden_recall": ("hidden_hit", "hidden_true"),
@@ -77,6 +84,7 @@ POOLED: dict[str, tuple[str, str]] = {
 CI_METRICS = (
     "amodal_miou",
     "amodal_miou_occluded",
+    "amodal_miou_occluded_min_area_0",
     "amodal_miou_strict",
     "hidden_recall",
     "hidden_precision",
@@ -180,14 +188,19 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
+def object_areas(layers: Any) -> np.ndarray:
+    """Alpha mass of each layer of ``[K, 4, H, W]`` as a fraction of the image, ``[K]``: the one measure the
+    small-object rule tests, on predictions and ground truth alike (and ``cobl.slots.occupied_slots``)."""
+    a = _np(layers)
+    if len(a) == 0:
+        return np.zeros(0)
+    return a[:, ALPHA_CHANNEL].reshape(len(a), -1).astype(np.float64).mean(1)
+
+
 def keep_large(pred_layers: Any, min_area: float = policy.MIN_OBJECT_AREA) -> np.ndarray:
-    """The predicted layers ``[P, 4, H, W]`` the small-object rule keeps: alpha mass above ``min_area`` of the
-    image (the same test as ``cobl.slots.occupied_slots``)."""
+    """The predicted layers ``[P, 4, H, W]`` the small-object rule keeps: alpha mass above ``min_area``."""
     pred = _np(pred_layers)
-    if len(pred) == 0:
-        return pred
-    mass = pred[:, ALPHA_CHANNEL].reshape(len(pred), -1).astype(np.float64).mean(1)
-    return pred[mass > min_area]
+    return pred[object_areas(pred) > min_area] if len(pred) else pred
 
 
 def fg_ari(pred_ids: Any, true_ids: Any) -> float | None:
@@ -205,6 +218,96 @@ def fg_ari(pred_ids: Any, true_ids: Any) -> float | None:
     return float(value)
 
 
+@dataclass(frozen=True)
+class _Truth:
+    """The true objects of one scene, split by the small-object rule (indices into the true slots)."""
+
+    layers: np.ndarray  # [K, 4, H, W], every true slot
+    counted: np.ndarray  # slots holding an object above the rule
+    ignored: np.ndarray  # slots holding an object at or under it
+    visible_fraction: np.ndarray  # [K]
+    ids: np.ndarray  # modal map over the K slots (0 background, k + 1 = slot k)
+
+
+def _truth(true_layers: Any, vis: Any, ids: Any, threshold: float, min_area: float) -> _Truth:
+    true = _np(true_layers)
+    present = _present(true, threshold)
+    area = object_areas(true)
+    vis_all = visible_fractions(true[:, ALPHA_CHANNEL]) if vis is None else np.asarray(_np(vis), np.float64)
+    ids_all = modal_ids(true[:, ALPHA_CHANNEL], threshold) if ids is None else _np(ids)
+    small = area[present] <= min_area
+    return _Truth(true, present[~small], present[small], vis_all, ids_all)
+
+
+def _split_matches(
+    pred: np.ndarray, truth: _Truth, threshold: float
+) -> tuple[list[Match], set[int]]:
+    """Matches of predictions to the objects that count (``Match.true`` indexes ``truth.counted``), then the
+    predictions left over that match an ignored object: those are neither credited nor charged."""
+    alpha = pred[:, ALPHA_CHANNEL]
+    matches = match_layers(alpha, truth.layers[truth.counted, ALPHA_CHANNEL], threshold)
+    rest = [p for p in range(len(pred)) if p not in {m.pred for m in matches}]
+    neutral = match_layers(alpha[rest], truth.layers[truth.ignored, ALPHA_CHANNEL], threshold) if rest else []
+    return matches, {rest[m.pred] for m in neutral}
+
+
+def _object_rows(
+    pred: np.ndarray, truth: _Truth, matches: list[Match], threshold: float, occluded_below: float
+) -> list[dict[str, Any]]:
+    """One row per true object that counts: its match, IoU, occlusion, layer PSNR/SSIM, hidden-part pixels."""
+    by_true = {m.true: m for m in matches}
+    true = truth.layers[truth.counted]
+    true_masks = masks_from_alpha(true[:, ALPHA_CHANNEL], threshold)
+    pred_masks = masks_from_alpha(pred[:, ALPHA_CHANNEL], threshold)
+    rows = []
+    for t, slot in enumerate(truth.counted):
+        m = by_true.get(t)
+        vis = float(truth.visible_fraction[slot])
+        row: dict[str, Any] = {
+            "true_slot": int(slot),
+            "pred_slot": None if m is None else m.pred,
+            "iou": 0.0 if m is None else m.iou,
+            "visible_fraction": vis,
+            "occluded": bool(vis < occluded_below),
+            "psnr": None,
+            "ssim": None,
+        }
+        if m is not None:
+            row["psnr"], row["ssim"] = masked_layer_psnr_ssim(pred[m.pred], true[t], threshold)
+        if row["occluded"]:
+            outside_visible = truth.ids != slot + 1
+            hidden = true_masks[t] & outside_visible
+            guessed = pred_masks[m.pred] & outside_visible if m is not None else np.zeros_like(hidden)
+            row["hidden_true"] = int(hidden.sum())
+            row["hidden_pred"] = int(guessed.sum())
+            row["hidden_hit"] = int((guessed & hidden).sum())
+        rows.append(row)
+    return rows
+
+
+def _order_terms(matches: list[Match], true_masks: np.ndarray) -> tuple[int, int]:
+    """(pairs judged, pairs in the right order): matched pairs whose true amodal masks overlap."""
+    pairs = correct = 0
+    for i, a in enumerate(matches):
+        for b in matches[i + 1 :]:  # a.true < b.true, so a is in front in the ground truth
+            if np.logical_and(true_masks[a.true], true_masks[b.true]).any():
+                pairs += 1
+                correct += int(a.pred < b.pred)
+    return pairs, correct
+
+
+def _occluded_without_rule(
+    pred: np.ndarray, truth: _Truth, threshold: float, occluded_below: float
+) -> tuple[float, int]:
+    """(IoU sum, count) over the occluded true objects with no area rule: every prediction, every object."""
+    present = np.concatenate([truth.counted, truth.ignored]).astype(int)
+    occluded = [int(k) for k in present if truth.visible_fraction[k] < occluded_below]
+    if not occluded:
+        return 0.0, 0
+    matches = match_layers(pred[:, ALPHA_CHANNEL], truth.layers[occluded, ALPHA_CHANNEL], threshold)
+    return float(sum(m.iou for m in matches)), len(occluded)
+
+
 def evaluate_scene(
     pred_layers: Any,
     pred_background: Any,
@@ -216,84 +319,54 @@ def evaluate_scene(
     threshold: float = ALPHA_THRESHOLD,
     occluded_below: float = OCCLUDED_BELOW,
     min_area: float = policy.MIN_OBJECT_AREA,
+    filter_predictions: bool = True,
 ) -> dict[str, Any]:
-    """One scene's row. ``pred_layers [P, 4, H, W]`` are the layers the method reports, front to back; the
-    small-object rule (``min_area``) is applied here to every method alike. ``true_layers [K, 4, H, W]`` may
-    contain empty slots, which are ignored. ``true_visible_fraction`` (per true slot) defaults to the one
-    computed from the true alphas; ``true_ids`` (modal map, ``ids.png`` convention over the K true slots)
-    defaults to ``cobl.layers.modal_ids`` of the true alphas."""
-    pred, true = keep_large(pred_layers, min_area), _np(true_layers)
-    keep = _present(true, threshold)
-    if true_visible_fraction is None:
-        vis_all = visible_fractions(true[:, ALPHA_CHANNEL])
-    else:
-        vis_all = np.asarray(_np(true_visible_fraction), dtype=np.float64)
-    ids_all = modal_ids(true[:, ALPHA_CHANNEL], threshold) if true_ids is None else _np(true_ids)
-    area_all = true[:, ALPHA_CHANNEL].reshape(len(true), -1).astype(np.float64).mean(1)
-    true, vis = true[keep], vis_all[keep]
-    matches = match_layers(pred[:, ALPHA_CHANNEL], true[:, ALPHA_CHANNEL], threshold)
-    by_true = {m.true: m for m in matches}
-    true_masks = masks_from_alpha(true[:, ALPHA_CHANNEL], threshold)
-    pred_masks = masks_from_alpha(pred[:, ALPHA_CHANNEL], threshold)
-
-    objects = []
-    for t in range(len(true)):
-        m = by_true.get(t)
-        row: dict[str, Any] = {
-            "true_slot": int(keep[t]),
-            "pred_slot": None if m is None else m.pred,
-            "iou": 0.0 if m is None else m.iou,
-            "visible_fraction": float(vis[t]),
-            "occluded": bool(vis[t] < occluded_below),
-            "small": bool(area_all[keep[t]] <= min_area),
-            "psnr": None,
-            "ssim": None,
-        }
-        if m is not None:
-            row["psnr"], row["ssim"] = masked_layer_psnr_ssim(pred[m.pred], true[t], threshold)
-        if row["occluded"]:
-            outside_visible = ids_all != keep[t] + 1
-            hidden = true_masks[t] & outside_visible
-            guessed = pred_masks[m.pred] & outside_visible if m is not None else np.zeros_like(hidden)
-            row["hidden_true"] = int(hidden.sum())
-            row["hidden_pred"] = int(guessed.sum())
-            row["hidden_hit"] = int((guessed & hidden).sum())
-        objects.append(row)
-
-    # Order: true slot order is front-to-back; judge only pairs whose amodal masks overlap.
-    pairs = correct = 0
-    for i, a in enumerate(matches):
-        for b in matches[i + 1 :]:  # a.true < b.true, so a is in front in the ground truth
-            if np.logical_and(true_masks[a.true], true_masks[b.true]).any():
-                pairs += 1
-                correct += int(a.pred < b.pred)
+    """One scene's row (the module docstring defines every metric). ``pred_layers [P, 4, H, W]`` are the
+    layers the method reports, front to back; with ``filter_predictions`` those at or under ``min_area`` are
+    dropped (False for exact predictions such as the visible-only oracle's visible masks). ``true_layers
+    [K, 4, H, W]`` may hold empty slots; true objects at or under ``min_area`` are ignored.
+    ``true_visible_fraction`` (per true slot) defaults to the one computed from the true alphas; ``true_ids``
+    (modal map, ``ids.png`` convention over the K true slots) defaults to ``core.layers.modal_ids``."""
+    pred_all = _np(pred_layers)
+    pred = keep_large(pred_all, min_area) if filter_predictions else pred_all
+    truth = _truth(true_layers, true_visible_fraction, true_ids, threshold, min_area)
+    matches, neutral = _split_matches(pred, truth, threshold)
+    objects = _object_rows(pred, truth, matches, threshold, occluded_below)
+    true_masks = masks_from_alpha(truth.layers[truth.counted, ALPHA_CHANNEL], threshold)
+    pairs, correct = _order_terms(matches, true_masks)
+    counted_ids = np.where(np.isin(truth.ids, truth.ignored + 1), 0, truth.ids)  # ignored pixels leave ARI
+    everything = keep_large(pred_all, 0.0)  # no rule: every non-empty prediction
+    iou_sum_0, num_occluded_0 = _occluded_without_rule(everything, truth, threshold, occluded_below)
 
     recomposition = composite(_torch(pred), _torch(pred_background))
     ious = [o["iou"] for o in objects]
     occluded = [o for o in objects if o["occluded"]]
-    unmatched_pred = len(pred) - len(matches)
+    reported = len(pred) - len(neutral)
+    unmatched_pred = reported - len(matches)
     hidden = {k: sum(o[k] for o in occluded) for k in ("hidden_true", "hidden_pred", "hidden_hit")}
-    scene_ari = fg_ari(modal_ids(pred[:, ALPHA_CHANNEL], threshold), ids_all)
     return {
-        "num_true": len(true),
-        "num_pred": len(pred),
+        "num_true": len(objects),
+        "num_pred": reported,
         "num_occluded": len(occluded),
         "num_unoccluded": len(objects) - len(occluded),
-        "small_objects": sum(o["small"] for o in objects),
+        "small_objects_ignored": len(truth.ignored),
+        "neutral_pred": len(neutral),
         "unmatched_pred": unmatched_pred,
-        "strict_count": len(true) + unmatched_pred,
+        "strict_count": len(objects) + unmatched_pred,
         "iou_sum": float(sum(ious)),
         "iou_sum_occluded": float(sum(o["iou"] for o in occluded)),
         "iou_sum_unoccluded": float(sum(o["iou"] for o in objects if not o["occluded"])),
-        "count_accuracy": float(len(pred) == len(true)),
+        "iou_sum_occluded_min_area_0": iou_sum_0,
+        "num_occluded_min_area_0": num_occluded_0,
+        "count_accuracy": float(reported == len(objects)),
         "amodal_miou": _mean(ious),
         "amodal_miou_occluded": _mean([o["iou"] for o in occluded]),
         "amodal_miou_unoccluded": _mean([o["iou"] for o in objects if not o["occluded"]]),
-        "amodal_miou_strict": _ratio(sum(ious), len(true) + unmatched_pred),
+        "amodal_miou_strict": _ratio(sum(ious), len(objects) + unmatched_pred),
         **hidden,
         "hidden_recall": _ratio(hidden["hidden_hit"], hidden["hidden_true"]),
         "hidden_precision": _ratio(hidden["hidden_hit"], hidden["hidden_pred"]),
-        "fg_ari": scene_ari,
+        "fg_ari": fg_ari(modal_ids(pred[:, ALPHA_CHANNEL], threshold), counted_ids),
         "layer_psnr": _mean([o["psnr"] for o in objects]),
         "layer_ssim": _mean([o["ssim"] for o in objects]),
         "recomposition_psnr": psnr(recomposition, _torch(photo)),
@@ -301,6 +374,7 @@ def evaluate_scene(
         "order_correct": correct,
         "order_accuracy": correct / pairs if pairs else None,
         "objects": objects,
+        "ignored_objects": [int(k) for k in truth.ignored],
     }
 
 
@@ -356,7 +430,7 @@ def summarize(
         "scenes": len(rows),
         "objects": len(objects),
         "occluded_objects": sum(o["occluded"] for o in objects),
-        "small_objects": sum(o.get("small", False) for o in objects),
+        "small_objects_ignored": sum(r["small_objects_ignored"] for r in rows),
         "unmatched_predictions": sum(r["unmatched_pred"] for r in rows),
         "layer_psnr": _mean([o["psnr"] for o in objects]),
         "layer_ssim": _mean([o["ssim"] for o in objects]),

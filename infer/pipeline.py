@@ -39,11 +39,20 @@ from cobl.network import CObLModel
 from cobl.parametrization import output_from_x0, per_sample, predict_x0
 from cobl.slots import occupied_slots, permute_slots
 from core.errors import UserError
-from core.layers import ALPHA_CHANNEL, visible_weights
+from core.layers import ALPHA_CHANNEL, EMPTY_RGB, visible_weights
 from core.policy import MIN_OBJECT_AREA
 from infer.guidance import best_slot_order, decoded_error, guide_x0, normalised_step
 from infer.io import Letterbox
-from infer.settings import DEFAULT_SAMPLING_STEPS, MIN_VISIBLE, PRESETS, SAMPLERS, GuidanceConfig
+from infer.settings import (
+    DEFAULT_SAMPLING_STEPS,
+    MIN_VISIBLE,
+    SAMPLERS,
+    GuidanceConfig,
+    ModelTraits,
+    adapt_preset,
+    check_guidance,
+    guidance_options,
+)
 
 _GUIDANCE = GuidanceConfig()  # the defaults of __call__'s guidance arguments
 
@@ -160,18 +169,32 @@ class CObLPipeline(DiffusionPipeline):
         if isinstance(last, torch.Tensor) and last.dim() == 5:
             self.scheduler.last_sample = permute_slots(last, perm)
 
+    @property
+    def traits(self) -> ModelTraits:
+        """What this model can take at sampling time: whether its base UNet is a frozen prior (a prior pull
+        means something) and whether it was trained with condition dropout (classifier-free guidance does)."""
+        training = self.config.training or {}
+        return ModelTraits(
+            frozen_base=not bool(self.unet.config.train_base),
+            unconditional=float(training.get("cond_dropout") or 0.0) > 0,
+        )
+
     def _empty_latent(self, like: torch.Tensor) -> torch.Tensor:
-        """The latent ``[C, h, w]`` of an empty object layer (alpha 0 everywhere)."""
-        r = self.resolution
-        empty = torch.zeros(1, 1, 4, r, r, device=like.device, dtype=like.dtype)
-        return self.codec.encode_layers(empty, empty[:, 0, :3])[0, 0]
+        """The latent ``[C, h, w]`` of the empty object layer exactly as the training data holds it: RGB
+        ``EMPTY_RGB``, alpha 0 (``like``: latents ``[B, S, C, h, w]`` of the run, for size and dtype)."""
+        h, w = (n * int(self.codec.downsample) for n in like.shape[-2:])
+        empty = torch.zeros(1, 1, 4, h, w, device=like.device, dtype=like.dtype)
+        grey = torch.tensor(EMPTY_RGB, device=like.device, dtype=like.dtype)
+        empty[:, :, :ALPHA_CHANNEL] = grey[:, None, None]
+        return self.codec.encode_layers(empty, empty[:, 0, :ALPHA_CHANNEL])[0, 0]
 
     def _prune(
         self, latents: torch.Tensor, x0: torch.Tensor, alpha_bar: torch.Tensor, cfg: GuidanceConfig, step: int
     ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
-        """Reset every object slot that holds no object (area <= ``cfg.min_area``) or is fully hidden to the
-        empty layer: its clean prediction becomes the empty latent and its noisy latent is re-formed from it
-        with the slot's current noise estimate. Returns (latents, x0, [(step, sample, slot) reset])."""
+        """Reset every object slot that holds no object (area <= ``cfg.min_area``) or is fully hidden behind
+        the slots in front of it to the empty layer: its clean prediction becomes the empty latent and its
+        noisy latent is re-formed from it with the slot's current noise estimate. Returns (latents, x0,
+        [(step, sample, slot) reset])."""
         layers, _ = self._decode(x0)
         empty = self._empty_latent(x0)
         a = per_sample(alpha_bar.sqrt(), latents)[:, 0]
@@ -187,6 +210,61 @@ class CObLPipeline(DiffusionPipeline):
                 latents[b, k] = a[b] * empty + sigma[b] * noise
                 removed.append((step, b, k))
         return latents, x0, removed
+
+    def guidance_settings(
+        self,
+        preset: str | None = None,
+        min_area: float = MIN_OBJECT_AREA,
+        unguided: bool = False,
+        **options: Any,
+    ) -> tuple[GuidanceConfig, int | None, list[str]]:
+        """(guidance config, step count or None, notes) for ``preset`` (adapted to this model, notes saying
+        what it turned off) or for the explicit ``options`` (``GuidanceConfig`` fields, checked against the
+        model: a one-line UserError for what it cannot honour). ``unguided`` turns composite guidance, the
+        order search, the pruning and the prior pull off (the baseline row)."""
+        if preset is not None:
+            chosen, notes = adapt_preset(preset, self.traits, min_area)
+            self.use_sampler(chosen["sampler"])
+            cfg, steps = chosen["guidance"], chosen["num_inference_steps"]
+        else:
+            cfg, steps, notes = GuidanceConfig(min_area=min_area, **options), None, []
+            check_guidance(cfg, self.traits)
+        return (cfg.unguided() if unguided else cfg), steps, notes
+
+    def _denoise(
+        self, latents: torch.Tensor, t: torch.Tensor, t_batch: torch.Tensor, condition: torch.Tensor,
+        cfg: GuidanceConfig, conditional: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The denoiser's output for ``latents``, with classifier-free guidance over the condition when
+        ``cfg.condition_scale != 1`` (the unconditional branch gets the zeroed condition, as training's
+        dropout); ``conditional`` reuses an already computed conditional output."""
+        scaled = self.scheduler.scale_model_input(latents, t)
+        out = self.unet(scaled, t_batch, condition) if conditional is None else conditional
+        if cfg.condition_scale != 1.0:
+            uncond = self.unet(scaled, t_batch, torch.zeros_like(condition))
+            out = uncond + cfg.condition_scale * (out - uncond)
+        return out
+
+    def _reorder_then_prune(self, state: dict[str, Any], photo, valid, cfg: GuidanceConfig, i: int) -> bool:
+        """Every ``reorder_every`` steps the best order of the object slots (the latents, the prediction, the
+        gradient and the scheduler history move together), then, judged in that order, every
+        ``prune_every`` steps the reset of empty or fully hidden slots. Returns whether x0 changed."""
+        changed = False
+        if cfg.reorder_every and i % cfg.reorder_every == 0:
+            layers, background = self._decode(state["x0"])
+            perm = best_slot_order(layers, background, photo, valid, cfg.min_area)
+            if not torch.equal(perm, torch.arange(perm.shape[1], device=perm.device).expand_as(perm)):
+                for key in ("latents", "x0", "out", "grad"):
+                    if state[key] is not None:
+                        state[key] = permute_slots(state[key], perm)
+                self._permute_history(perm)
+        if cfg.prune_every and i % cfg.prune_every == 0:
+            state["latents"], state["x0"], removed = self._prune(
+                state["latents"], state["x0"], state["alpha_bar"], cfg, i
+            )
+            state["pruned"] += removed
+            changed = bool(removed)
+        return changed
 
     @torch.no_grad()
     def __call__(
@@ -204,6 +282,9 @@ class CObLPipeline(DiffusionPipeline):
         reorder_every: int = _GUIDANCE.reorder_every,
         prune_every: int = _GUIDANCE.prune_every,
         prior_weight: float = _GUIDANCE.prior_weight,
+        guidance_step: str = _GUIDANCE.step,
+        condition_scale: float = _GUIDANCE.condition_scale,
+        min_area: float = MIN_OBJECT_AREA,
         preset: str | None = None,
         valid_mask: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
@@ -217,32 +298,25 @@ class CObLPipeline(DiffusionPipeline):
         ``guidance_scale`` 0 turns composite guidance off; ``valid_mask [B or 1, 1, R, R]`` excludes padding
         from the guidance loss; ``guidance_start`` skips guidance (and its cost) in the first part of the
         sampling; ``reorder_every`` N > 0 searches the object slot order every N steps; ``prune_every`` N > 0
-        resets empty or fully hidden object slots to the empty layer every N steps; ``prior_weight`` w pulls
-        the clean prediction of each slot's image latent a fraction w toward the plain UNet's.
-        ``preset`` (``infer.settings.PRESETS``, e.g. "authors") replaces all of these, the step count and the
-        sampler, except that ``guidance_scale=0`` still turns guidance off.
+        then resets empty or fully hidden object slots to the empty layer; ``prior_weight`` w pulls the clean
+        prediction of each slot's image latent a fraction w toward the plain UNet's (only for a frozen base
+        UNet); ``guidance_step`` sets the length of a guidance step (``infer.settings.STEP_KINDS``);
+        ``condition_scale`` s != 1 is classifier-free guidance over the condition (only for a model trained
+        with condition dropout); ``min_area`` is the small-object rule of the order search and the pruning.
+        ``preset`` (``infer.settings.PRESETS``, e.g. "authors") replaces all of these but ``min_area``, the
+        step count and the sampler (``guidance_settings``); ``guidance_scale=0`` under a preset gives the
+        unguided baseline: no composite guidance, order search, pruning or prior pull.
         """
-        if preset is not None:
-            if preset not in PRESETS:
-                raise UserError(f"expected one of {sorted(PRESETS)}, got {preset!r}", option="preset")
-            chosen = PRESETS[preset]
-            cfg = chosen["guidance"]
-            if guidance_scale == 0:  # an explicit 0 still turns guidance off (the unguided baseline)
-                cfg = dataclasses.replace(cfg, scale=0.0)
-            num_inference_steps = chosen["num_inference_steps"]
-            self.use_sampler(chosen["sampler"])
-        else:
-            cfg = GuidanceConfig(
-                scale=guidance_scale,
-                schedule=guidance_schedule,
-                mode=guidance_mode,
-                start=guidance_start,
-                denoiser_until=denoiser_gradient_until,
-                reorder_every=reorder_every,
-                prune_every=prune_every,
-                prior_weight=prior_weight,
-            )
-        num_inference_steps = num_inference_steps or DEFAULT_SAMPLING_STEPS
+        options = guidance_options(
+            guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, guidance_mode=guidance_mode,
+            guidance_start=guidance_start, denoiser_gradient_until=denoiser_gradient_until,
+            reorder_every=reorder_every, prune_every=prune_every, prior_weight=prior_weight,
+            guidance_step=guidance_step, condition_scale=condition_scale,
+        )  # fmt: skip
+        cfg, preset_steps, self.notes = self.guidance_settings(
+            preset, min_area, unguided=guidance_scale == 0, **({} if preset is not None else options)
+        )
+        num_inference_steps = preset_steps or num_inference_steps or DEFAULT_SAMPLING_STEPS
         device, dtype = self.unet.device, self.unet.dtype
         photo = photo.to(device, dtype)
         if photo.dim() != 4 or photo.shape[1] != 3:
@@ -269,6 +343,7 @@ class CObLPipeline(DiffusionPipeline):
 
         for i, t in enumerate(self.progress_bar(timesteps)):
             alpha_bar = alphas_cumprod[t].expand(b)
+            noise_level = (1 - alpha_bar).sqrt()
             t_batch = t.expand(b)
             size = cfg.scale * cfg.weight(i, n)
             grad = error = None
@@ -281,9 +356,9 @@ class CObLPipeline(DiffusionPipeline):
                         self._decode, predict_x0(out, x, alpha_bar, prediction_type), photo, valid
                     )
                     (grad,) = torch.autograd.grad(error.sum(), x)
-                out = out.detach()
+                out = self._denoise(latents, t, t_batch, condition, cfg, conditional=out.detach())
             else:
-                out = self.unet(self.scheduler.scale_model_input(latents, t), t_batch, condition)
+                out = self._denoise(latents, t, t_batch, condition, cfg)
             x0 = predict_x0(out, latents, alpha_bar, prediction_type)
             changed = False
 
@@ -295,23 +370,13 @@ class CObLPipeline(DiffusionPipeline):
                 x0 = torch.cat([image + cfg.prior_weight * (prior_x0 - image), x0[:, :, c0:]], 2)
                 changed = True
 
-            periodic = 0 < i < n - 1
-            if cfg.prune_every and periodic and i % cfg.prune_every == 0:
-                latents, x0, removed = self._prune(latents, x0, alpha_bar, cfg, i)
-                pruned += removed
-                changed = changed or bool(removed)
-
-            if cfg.reorder_every and periodic and i % cfg.reorder_every == 0:
-                layers, background = self._decode(x0)
-                perm = best_slot_order(layers, background, photo, valid, cfg.min_area)
-                if not torch.equal(perm, torch.arange(perm.shape[1], device=perm.device).expand_as(perm)):
-                    latents, x0 = permute_slots(latents, perm), permute_slots(x0, perm)
-                    out = permute_slots(out, perm)
-                    grad = None if grad is None else permute_slots(grad, perm)
-                    self._permute_history(perm)
+            if 0 < i < n - 1:  # the order search first, then the pruning judged in the chosen order
+                state = dict(latents=latents, x0=x0, out=out, grad=grad, alpha_bar=alpha_bar, pruned=pruned)
+                changed = self._reorder_then_prune(state, photo, valid, cfg, i) or changed
+                latents, x0, out, grad = state["latents"], state["x0"], state["out"], state["grad"]
 
             if cfg.uses_decoder_gradient(i, n):
-                x0 = guide_x0(x0, self._decode, photo, size, valid)
+                x0 = guide_x0(x0, self._decode, photo, size, valid, cfg.step, noise_level)
                 changed, taken = True, taken + 1
             if changed:
                 out = output_from_x0(x0, latents, alpha_bar, prediction_type)
@@ -319,7 +384,7 @@ class CObLPipeline(DiffusionPipeline):
             if grad is not None and i < n - 1:
                 # Not after the last step: its output is the clean result, and dL/dx_t is not a descent
                 # direction for it (x0 guidance, modes "both" and "latents", covers the last step).
-                latents = latents + normalised_step(grad, error, size)
+                latents = latents + normalised_step(grad, error, size, cfg.step, noise_level)
                 taken += 1
             self.guidance_steps.append(taken)
 
@@ -342,6 +407,7 @@ class Decomposition:
     slots: list[int]  # the model slot each kept layer came from
     areas: list[float]  # alpha mass / pixel count
     visible_fractions: list[float]  # visible alpha mass / alpha mass, within the kept stack
+    slot_layers: torch.Tensor | None = None  # [K, 4, H, W] every slot as sampled (``decompose``)
 
 
 def discover_objects(
@@ -392,7 +458,8 @@ def decompose(
     **kwargs: Any,
 ) -> Decomposition:
     """Layers of one photo ``[3, H, W]`` (and its relative depth ``[1, H, W]`` for a depth-conditioned
-    model) of any size: letterbox to the model, sample, map back, keep the objects."""
+    model) of any size: letterbox to the model, sample, map back, keep the objects (``min_area`` is also the
+    rule of the sampler's order search and pruning)."""
     box = Letterbox(int(photo.shape[-2]), int(photo.shape[-1]), pipe.resolution)
     generator = torch.Generator().manual_seed(seed)
     out = pipe(
@@ -402,11 +469,12 @@ def decompose(
         guidance_scale=guidance_scale,
         generator=generator,
         valid_mask=box.valid_mask()[None],
+        min_area=min_area,
         **kwargs,
     )
     layers = box.unfit(out.layers[0].float().cpu())
     background = box.unfit(out.background[0].float().cpu())
-    return kept_stack(layers, background, min_area, min_visible)
+    return dataclasses.replace(kept_stack(layers, background, min_area, min_visible), slot_layers=layers)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -436,7 +504,9 @@ def load_pipeline(path: str | Path, device: str | torch.device | None = None) ->
     folder = model_folder(path)
     try:
         pipe = CObLPipeline.from_pretrained(folder)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+    except (OSError, ValueError) as err:
+        # what diffusers raises for a damaged folder: OSError (a missing or truncated file, JSON that does not
+        # parse), ValueError (weights of another shape, an unknown component or codec)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"{folder}: cannot load the model ({first[:200]})", option="model") from None
     if not isinstance(pipe, CObLPipeline):

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+from core.errors import UserError
 from core.policy import MIN_OBJECT_AREA
 
 SAMPLERS = ("ddim", "dpm")
@@ -13,6 +15,10 @@ DEFAULT_SAMPLING_STEPS = 50
 MIN_VISIBLE = 0.01
 SCHEDULES = ("constant", "linear", "late")
 MODES = ("x0", "latents", "both")
+# How long a normalised guidance step is (``infer.guidance.normalised_step``): "residual" (ours) scale x the
+# RMS of the recomposition residual per element; "noise" scale x the noise level sqrt(1 - alpha_bar_t) per
+# element; "unit_norm" (the authors' released code) scale x a unit L2 norm over the whole sample.
+STEP_KINDS = ("residual", "noise", "unit_norm")
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,10 @@ class GuidanceConfig:
     )
     prior_weight: float = 0.0  # pull the clean prediction this far toward the plain (frozen) UNet's (0 = off)
     min_area: float = MIN_OBJECT_AREA  # alpha-mass fraction above which a slot is occupied (reorder, prune)
+    step: str = "residual"  # the length of a guidance step (STEP_KINDS)
+    # classifier-free guidance over the photo (+ depth) condition: eps_uncond + s (eps_cond - eps_uncond),
+    # the unconditional branch fed the zeroed condition training dropped (1 = off; needs cond_dropout > 0)
+    condition_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.scale < 0:
@@ -47,6 +57,16 @@ class GuidanceConfig:
             )
         if not 0 <= self.prior_weight <= 1:
             raise ValueError(f"prior_weight must be a fraction in [0, 1], got {self.prior_weight}")
+        if self.step not in STEP_KINDS:
+            raise ValueError(f"guidance step must be one of {STEP_KINDS}, got {self.step!r}")
+        if not self.condition_scale >= 0:
+            raise ValueError(f"condition_scale must be >= 0, got {self.condition_scale}")
+
+    def unguided(self) -> GuidanceConfig:
+        """The same sampler without composite guidance and everything that looks at the photo through the
+        decoded layers (order search, pruning) or pulls toward the prior: the baseline the guidance is
+        measured against. Classifier-free guidance stays: it is part of the denoiser's prediction."""
+        return dataclasses.replace(self, scale=0.0, reorder_every=0, prune_every=0, prior_weight=0.0)
 
     @property
     def enabled(self) -> bool:
@@ -82,24 +102,95 @@ class GuidanceConfig:
         return progress**2
 
 
+# ``CObLPipeline.__call__`` keyword -> ``GuidanceConfig`` field: the one map from the sampler's arguments (and
+# so ``cobl infer|eval``'s flags) to the guidance settings.
+CALL_OPTIONS = {
+    "guidance_scale": "scale",
+    "guidance_schedule": "schedule",
+    "guidance_mode": "mode",
+    "guidance_start": "start",
+    "denoiser_gradient_until": "denoiser_until",
+    "reorder_every": "reorder_every",
+    "prune_every": "prune_every",
+    "prior_weight": "prior_weight",
+    "guidance_step": "step",
+    "condition_scale": "condition_scale",
+}
+
+
+def guidance_options(**call_kwargs: object) -> dict[str, object]:
+    """The ``GuidanceConfig`` fields among ``CObLPipeline.__call__`` keywords (others are left out)."""
+    return {CALL_OPTIONS[k]: v for k, v in call_kwargs.items() if k in CALL_OPTIONS}
+
+
 # Named sampler presets: ``CObLPipeline.__call__(preset=...)`` and ``cobl infer/eval --preset``.
-# "authors": the authors' sampler as their released code describes it (docs/architecture.md): 20 DDIM
-# steps, one normalised guidance step per step (through the denoiser; on the clean prediction at the last
-# step) at 1.75 with a constant weight, an order search and the removal of empty or hidden slots (2 % area)
-# every 5 steps, and a weak pull toward the plain Stable Diffusion prior. Our own defaults (GuidanceConfig(),
-# 50 steps) differ where the demo measured better (docs/architecture.md).
+# "authors": the authors' sampler as their released code (github aneeldamaraju/cobl, ``cobl_ddim.py``)
+# runs it (docs/architecture.md, "The sampler"): 20 DDIM steps; classifier-free guidance over the photo and
+# depth at 1.75 (their ``cfg_scale``: this is what "1.75" is, not a guidance step); one normalised
+# composite-guidance step per step through the denoiser (their ``guidance_weight`` 1.0 over the gradient's
+# L2 norm); every 5 steps an order search over the object slots, then the removal of empty or hidden slots
+# judged in the new order; and a weak pull toward the plain Stable Diffusion prior. ``adapt_preset`` turns
+# the parts a given model cannot use off and says so. Our own defaults (GuidanceConfig(), 50 steps) differ
+# where the demo measured better (docs/architecture.md).
 PRESETS: dict[str, dict[str, object]] = {
     "authors": dict(
         num_inference_steps=20,
         sampler="ddim",
         guidance=GuidanceConfig(
-            scale=1.75,
+            scale=1.0,
             schedule="constant",
             mode="latents",
+            step="unit_norm",
             reorder_every=5,
             prune_every=5,
             prior_weight=0.05,
+            condition_scale=1.75,
             min_area=MIN_OBJECT_AREA,
         ),
     ),
 }
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    """What a trained model can take at sampling time (``CObLPipeline.traits``)."""
+
+    frozen_base: bool  # the base UNet is a frozen prior (SD, or a `cobl train-prior` prior kept frozen)
+    unconditional: bool  # trained with condition dropout, so its zeroed-condition branch means something
+
+
+def adapt_preset(name: str, traits: ModelTraits, min_area: float = MIN_OBJECT_AREA) -> tuple[dict, list[str]]:
+    """The preset ``name`` for a model with ``traits`` and the small-object rule ``min_area``:
+    (settings, notes), each note a sentence saying what was turned off and why."""
+    if name not in PRESETS:
+        raise UserError(f"expected one of {sorted(PRESETS)}, got {name!r}", option="preset")
+    chosen = dict(PRESETS[name])
+    cfg: GuidanceConfig = dataclasses.replace(chosen["guidance"], min_area=min_area)
+    notes = []
+    if cfg.prior_weight > 0 and not traits.frozen_base:
+        cfg = dataclasses.replace(cfg, prior_weight=0.0)
+        notes.append(f"preset {name}: no prior pull, this model's base UNet was trained (not a frozen prior)")
+    if cfg.condition_scale != 1.0 and not traits.unconditional:
+        cfg = dataclasses.replace(cfg, condition_scale=1.0)
+        notes.append(
+            f"preset {name}: no classifier-free guidance, this model was trained without condition dropout"
+        )
+    chosen["guidance"] = cfg
+    return chosen, notes
+
+
+def check_guidance(cfg: GuidanceConfig, traits: ModelTraits) -> None:
+    """One-line errors for settings the model cannot honour (a prior pull on a trained base UNet, classifier-
+    free guidance on a model that never saw a dropped condition)."""
+    if cfg.prior_weight > 0 and not traits.frozen_base:
+        raise UserError(
+            f"{cfg.prior_weight}: this model's base UNet was trained with it (train_base), so it is no prior "
+            "to pull toward; use 0",
+            option="prior_weight",
+        )
+    if cfg.condition_scale != 1.0 and not traits.unconditional:
+        raise UserError(
+            f"{cfg.condition_scale}: this model was trained without condition dropout (cond_dropout 0), "
+            "so it has no unconditional prediction; use 1",
+            option="condition_scale",
+        )

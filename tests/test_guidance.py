@@ -10,6 +10,7 @@ from cobl.configs import tiny_config
 from cobl.factory import build
 from cobl.parametrization import output_from_x0, predict_x0
 from cobl.slots import permute_slots
+from core.errors import UserError
 from core.layers import composite
 from infer.guidance import (
     GuidanceConfig,
@@ -197,10 +198,10 @@ def test_guidance_start_skips_early_gradients(pipe, scene, monkeypatch, mode, ca
     assert len(count) == calls and torch.isfinite(out.layers).all()
 
 
-def test_authors_preset_takes_one_guidance_step_per_step_and_removes_an_empty_slot_mid_run(pipe, scene):
-    """Preset "authors": 20 DDIM steps, one normalised guidance step each, pruning and reordering every 5
-    steps. Slot 1 is made to predict an empty layer (alpha 0): it is reset to the empty layer at step 5
-    (not before: step 0 is not a pruning step), and again every 5 steps."""
+def test_authors_preset_takes_one_guidance_step_per_step_and_prunes_every_5_steps(pipe, scene):
+    """Preset "authors": 20 DDIM steps, one normalised guidance step each, the order search and the pruning
+    every 5 steps. Slot 1 is made to predict an empty layer (alpha 0): a slot is reset at step 5 (not before:
+    step 0 is not a pruning step), and only at steps 5, 10, 15."""
     alpha = slice(-pipe.codec.factor**2, None)  # the alpha channels of a space-to-depth slot latent
     real_forward = pipe.unet.forward
 
@@ -209,20 +210,120 @@ def test_authors_preset_takes_one_guidance_step_per_step_and_removes_an_empty_sl
         out[:, 1, alpha] = -1.0  # sample prediction: alpha 0 after decoding
         return out
 
-    real_prior = pipe.unet.prior
-
-    def emptying_prior(noisy, t):  # tiny's plain UNet models the alpha channels too: empty there as well
-        out = real_prior(noisy, t).clone()
-        out[:, 1, alpha] = -1.0
-        return out
-
-    pipe.unet.forward, pipe.unet.prior = emptying, emptying_prior
+    pipe.unet.forward = emptying
     try:
         out = pipe(scene["photo"], preset="authors", generator=torch.Generator().manual_seed(0))
     finally:
-        del pipe.unet.forward, pipe.unet.prior
+        del pipe.unet.forward
         pipe.use_sampler("ddim")
     assert pipe.guidance_steps == [1] * 20
-    steps = sorted({step for step, b, k in out.pruned if (b, k) == (0, 1)})
+    steps = sorted({step for step, _, _ in out.pruned})
     assert steps and steps[0] == 5 and set(steps) <= {5, 10, 15}
     assert torch.isfinite(out.layers).all()
+    # tiny trains its base UNet: no prior to pull toward, and no condition dropout: the preset says so
+    assert len(pipe.notes) == 2 and "prior" in pipe.notes[0] and "classifier-free" in pipe.notes[1]
+
+
+def _red_in_front_of_green(res: int = RES):
+    """A small red box in front of a large green one, stored with the slots swapped (green in slot 0)."""
+    layers = torch.zeros(1, 3, 4, res, res)
+    layers[:, :, :3] = 0.5  # every transparent pixel and empty slot holds the training data's grey
+    layers[0, 0, :3, 6:26, 6:26] = torch.tensor([0.1, 0.8, 0.1])[:, None, None]
+    layers[0, 0, 3, 6:26, 6:26] = 1.0
+    layers[0, 1, :3, 12:18, 12:18] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]
+    layers[0, 1, 3, 12:18, 12:18] = 1.0
+    background = torch.full((1, 3, res, res), 0.3)
+    photo = composite(layers[0, [1, 0, 2]], background[0])[None]
+    return layers, background, photo
+
+
+def test_order_search_runs_before_pruning_so_a_misordered_front_object_survives(pipe):
+    """Judged in the stored (wrong) order the red box is fully hidden behind the green one and would be
+    reset; the order search puts it in front first, so both objects stay, in the right order."""
+    layers, background, photo = _red_in_front_of_green()
+    x0 = pipe.codec.encode_layers(layers, background)
+    alpha_bar = torch.tensor([0.5])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    state = dict(latents=alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise, x0=x0, out=x0.clone(),
+                 grad=None, alpha_bar=alpha_bar, pruned=[])
+    cfg = GuidanceConfig(reorder_every=5, prune_every=5)
+    pipe._reorder_then_prune(state, photo, None, cfg, 5)
+    assert {k for _, _, k in state["pruned"]} == {2}  # only the empty slot
+    decoded, _ = pipe.codec.decode_layers(state["x0"])
+    assert torch.allclose(decoded[0, 0], layers[0, 1], atol=1e-6)  # red now in front
+    assert torch.allclose(decoded[0, 1], layers[0, 0], atol=1e-6)
+    # Pruning alone, in the stored order, would have reset the red box.
+    _, _, removed = pipe._prune(state["latents"], x0, alpha_bar, cfg, 5)
+    assert {k for _, _, k in removed} == {1, 2}
+
+
+def test_a_reset_slot_decodes_to_the_training_datas_empty_layer(pipe):
+    layers, background, photo = _red_in_front_of_green()
+    x0 = pipe.codec.encode_layers(layers[:, [1, 0, 2]], background)
+    x0[:, 2] = torch.randn(x0[:, 2].shape, generator=torch.Generator().manual_seed(1)) * 0.3  # coloured ...
+    x0[:, 2, -pipe.codec.factor**2 :] = -0.98  # ... and faint: alpha 0.01 everywhere, under the 2 % rule
+    _, reset, removed = pipe._prune(x0.clone(), x0, torch.tensor([0.5]), GuidanceConfig(), 5)
+    assert removed == [(5, 0, 2)]
+    decoded, _ = pipe.codec.decode_layers(reset)
+    assert torch.allclose(decoded[0, 2, :3], torch.full_like(decoded[0, 2, :3], 0.5), atol=1e-6)
+    assert torch.allclose(decoded[0, 2, 3], torch.zeros_like(decoded[0, 2, 3]), atol=1e-6)
+
+
+def test_prior_pull_on_a_trained_base_unet_is_refused(pipe, scene):
+    assert pipe.unet.config.train_base
+    with pytest.raises(UserError, match="train_base") as err:
+        pipe(scene["photo"], num_inference_steps=2, prior_weight=0.05)
+    assert err.value.option == "prior_weight"
+    with pytest.raises(UserError) as err:
+        pipe(scene["photo"], num_inference_steps=2, condition_scale=1.75)
+    assert err.value.option == "condition_scale"
+
+
+def test_min_area_reaches_the_in_loop_pruning(pipe):
+    """The green box covers 400 of 1024 px (39 %): pruned under a 50 % rule, kept under the default."""
+    layers, background, photo = _red_in_front_of_green()
+    layers = layers[:, [1, 0, 2]]  # the true order, so only the area decides
+    x0 = pipe.codec.encode_layers(layers, background)
+    pruned = {}
+    for min_area in (0.02, 0.5):
+        cfg = GuidanceConfig(prune_every=5, min_area=min_area)
+        _, _, removed = pipe._prune(x0.clone(), x0, torch.tensor([0.5]), cfg, 5)
+        pruned[min_area] = {k for _, _, k in removed}
+    assert pruned == {0.02: {2}, 0.5: {0, 1, 2}}
+    # ... and the pipeline hands its min_area to them
+    cfg, _, _ = pipe.guidance_settings("authors", min_area=0.07)
+    assert cfg.min_area == 0.07 and cfg.prune_every == 5
+
+
+def test_the_unguided_row_under_a_preset_runs_no_order_search(pipe, scene, monkeypatch):
+    import infer.pipeline as pipeline_module
+
+    calls = []
+    real = pipeline_module.best_slot_order
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "best_slot_order", counting)
+    g = torch.Generator().manual_seed(0)
+    out = pipe(scene["photo"], preset="authors", guidance_scale=0.0, generator=g)
+    pipe.use_sampler("ddim")
+    assert calls == [] and out.pruned == [] and pipe.guidance_steps == [0] * 20
+    pipe(scene["photo"], preset="authors", generator=torch.Generator().manual_seed(0))
+    pipe.use_sampler("ddim")
+    assert len(calls) == 3  # steps 5, 10, 15
+
+
+@pytest.mark.parametrize("kind", ["residual", "noise", "unit_norm"])
+def test_step_kinds_set_the_step_length(kind):
+    grad = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    error, noise = torch.tensor([0.04, 0.25]), torch.tensor([0.3, 0.9])
+    step = normalised_step(grad, error, 2.0, kind, noise)
+    rms = step.flatten(1).pow(2).mean(1).sqrt()
+    expected = {"residual": 2.0 * error.sqrt(), "noise": 2.0 * noise,
+                "unit_norm": torch.full((2,), 2.0 / 60**0.5)}[kind]
+    assert torch.allclose(rms, expected, atol=1e-6)
+    assert torch.allclose(step.flatten(1).norm(dim=1), expected * 60**0.5, atol=1e-5)
+    cos = torch.nn.functional.cosine_similarity(step.flatten(1), -grad.flatten(1))
+    assert torch.allclose(cos, torch.ones(2), atol=1e-6)

@@ -156,7 +156,12 @@ def test_eval_on_tiny_shard_writes_metrics(workdir, cli, tmp_path):
     for method in metrics["method_order"]:
         summary = metrics["methods"][method]
         assert {key for key, _, _ in METRIC_COLUMNS} <= set(summary)
-        assert 0 <= summary["amodal_miou"] <= 1
+        rows = [scene[method] for scene in metrics["scenes"]]  # the summary pools the scenes' own rows
+        assert summary["amodal_miou"] == pytest.approx(
+            sum(r["iou_sum"] for r in rows) / sum(r["num_true"] for r in rows)
+        )
+        assert summary["count_accuracy"] == pytest.approx(np.mean([r["count_accuracy"] for r in rows]))
+        assert summary["small_objects_ignored"] == sum(r["small_objects_ignored"] for r in rows)
         for key in ("amodal_miou", "amodal_miou_occluded", "amodal_miou_strict", "hidden_recall",
                     "hidden_precision", "fg_ari", "count_accuracy", "order_accuracy"):
             assert key in summary and key + "_ci" in summary, (method, key)
@@ -164,6 +169,7 @@ def test_eval_on_tiny_shard_writes_metrics(workdir, cli, tmp_path):
     assert metrics["methods"]["visible_only"]["count_accuracy"] == 1.0
     assert metrics["methods"]["visible_only"]["hidden_recall"] in (0.0, None)
     assert metrics["settings"]["depth_source"] == "none" and metrics["settings"]["split"] == "test"
+    assert metrics["settings"]["small_object_rule"] == "ignore"
     assert metrics["settings"]["selection_split"] is None
     assert len(metrics["scenes"]) == 2 and set(metrics["scenes"][0]) >= {"key", "model", "unguided"}
     assert metrics["guidance_time_ratio"] > 0

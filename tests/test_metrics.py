@@ -166,16 +166,69 @@ def test_fg_ari_is_one_for_the_true_partition_and_drops_when_objects_merge():
     assert evaluate_scene(merged, bg, layers, photo)["fg_ari"] < 0.5
 
 
-def test_small_object_rule_applies_to_every_method():
+def _scene_with_a_speck():
+    """The three-object scene plus a true object under the 2 % rule: 4 px (1.6 % of 256) in slot 0, in front
+    of object 1 (the green one), which it partly hides."""
+    layers, bg, _ = _scene()
+    speck = _rect_layer(16, 16, (10, 12, 9, 11), (1.0, 1.0, 0.0))
+    stack = np.concatenate([speck[None], layers[:3]])
+    return stack, bg, composite(stack, bg)
+
+
+def test_small_object_rule_holds_on_both_sides():
     layers, bg, photo = _scene()
     speck = _rect_layer(16, 16, (0, 1, 15, 16), (1.0, 1.0, 1.0))  # 1 px = 0.4 % of the image
     row = evaluate_scene(np.concatenate([layers[:3], speck[None]]), bg, layers, photo)
     assert row["num_pred"] == 3 and row["unmatched_pred"] == 0 and row["count_accuracy"] == 1.0
-    tiny = layers.copy()
-    tiny[2, 3] = 0
-    tiny[2, 3, 15, 0] = 1.0  # a true object under the rule: scored (no method can report it), and counted
-    row = evaluate_scene(tiny[:3], bg, tiny, composite(tiny, bg))
-    assert row["small_objects"] == 1 and row["objects"][2]["iou"] == 0.0
+    # A true object under the rule is ignored: not a miss, not in the count or the mIoU denominator.
+    stack, bg, photo = _scene_with_a_speck()
+    without = evaluate_scene(stack[1:], bg, stack, photo)
+    assert without["small_objects_ignored"] == 1 and without["ignored_objects"] == [0]
+    assert without["num_true"] == 3 and without["count_accuracy"] == 1.0
+    assert without["amodal_miou"] == pytest.approx(1.0)
+    assert [o["true_slot"] for o in without["objects"]] == [1, 2, 3]
+    # Under the old convention it would have been charged: with no rule it is an occluded-free miss.
+    assert evaluate_scene(stack[1:], bg, stack, photo, min_area=0.0)["amodal_miou"] == pytest.approx(3 / 4)
+
+
+def test_a_prediction_of_an_ignored_object_is_neither_credited_nor_charged():
+    stack, bg, photo = _scene_with_a_speck()
+    grown = stack.copy()
+    grown[0, 3, 9:12, 8:12] = 1.0  # the speck predicted as 12 px (4.7 %): above the rule, so reported
+    row = evaluate_scene(grown, bg, stack, photo)
+    assert row["neutral_pred"] == 1 and row["unmatched_pred"] == 0 and row["num_pred"] == 3
+    assert row["count_accuracy"] == 1.0 and row["amodal_miou_strict"] == pytest.approx(1.0)
+
+
+def test_perfect_prediction_scores_one_on_every_metric_with_an_ignored_object():
+    """The ground truth itself fed through the metric, on a scene holding an object under the rule."""
+    stack, bg, photo = _scene_with_a_speck()
+    row = evaluate_scene(stack, bg, stack, photo)
+    assert row["small_objects_ignored"] == 1 and row["num_occluded"] == 1
+    summary = summarize([row, evaluate_scene(stack, bg, stack, photo, min_area=0.0)])
+    for name in ("amodal_miou", "amodal_miou_occluded", "amodal_miou_unoccluded", "amodal_miou_strict",
+                 "amodal_miou_occluded_min_area_0", "hidden_recall", "hidden_precision", "fg_ari",
+                 "order_accuracy", "count_accuracy"):
+        assert row[name] if name in row else True
+        assert summary[name] == pytest.approx(1.0), name
+    assert row["layer_psnr"] == PSNR_CAP_DB and row["layer_ssim"] == pytest.approx(1.0)
+
+
+def test_the_oracle_keeps_its_exact_sliver():
+    """Object 1 (49 px, 19 %) hidden but for 4 px (1.6 %, under the rule) behind a large front object: the
+    visible-only oracle's exact sliver is scored (IoU 4/49), not thrown away by the rule."""
+    h = w = 16
+    front = _rect_layer(h, w, (2, 16, 2, 16), (1.0, 0.0, 0.0))
+    front[3, 14:, 14:] = 0  # a 2x2 notch in the front object's corner
+    back = _rect_layer(h, w, (9, 16, 9, 16), (0.0, 1.0, 0.0))  # 7x7, visible only through the notch
+    layers = np.stack([front, back])
+    bg = np.full((3, h, w), 0.2, np.float32)
+    photo = composite(layers, bg)
+    vis_layers, vis_bg = visible_only_layers(photo, layers)
+    exact = evaluate_scene(vis_layers, vis_bg, layers, photo, filter_predictions=False)
+    assert exact["objects"][1]["iou"] == pytest.approx(4 / 49) and exact["count_accuracy"] == 1.0
+    filtered = evaluate_scene(vis_layers, vis_bg, layers, photo)
+    assert filtered["objects"][1]["iou"] == 0.0 and filtered["count_accuracy"] == 0.0
 
 
 def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():

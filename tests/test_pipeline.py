@@ -97,6 +97,39 @@ def test_load_errors_are_one_line(tmp_path):
     assert "\n" not in str(err.value) and "broken" in str(err.value)
 
 
+def _damaged(folder, how):
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    config = folder / "unet" / "config.json"
+    if how == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif how == "weights of another shape":
+        config.write_text(config.read_text().replace('"num_slots": 4', '"num_slots": 6'))
+    elif how == "no scheduler":
+        for f in (folder / "scheduler").iterdir():
+            f.unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated weights", "weights of another shape", "no scheduler"])
+def test_a_damaged_model_folder_is_a_one_line_error(pipe, tmp_path, how):
+    pipe.save_pretrained(tmp_path / "m")
+    _damaged(tmp_path / "m", how)
+    with pytest.raises(UserError, match="cannot load the model") as err:
+        load_pipeline(tmp_path / "m")
+    assert "\n" not in str(err.value) and err.value.option == "model"
+
+
+def test_a_programming_error_while_loading_is_not_reworded(pipe, tmp_path, monkeypatch):
+    """Only the errors a damaged folder raises become "cannot load"; a bug stays a traceback."""
+    pipe.save_pretrained(tmp_path / "m")
+
+    def bug(*args, **kwargs):
+        raise TypeError("a bug in the loader")
+
+    monkeypatch.setattr(CObLPipeline, "from_pretrained", bug)
+    with pytest.raises(TypeError, match="a bug"):
+        load_pipeline(tmp_path / "m")
+
+
 def test_letterbox_round_trip_and_mask():
     box = Letterbox(height=30, width=48, resolution=32)
     assert box.content == (6, 0, 20, 32)

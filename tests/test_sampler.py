@@ -206,3 +206,22 @@ def test_completion_fraction_asks_for_half_hidden_objects_and_leaves_other_scene
                 {"completion_fraction": 0.5, "completion_hidden": (0.9, 0.95)}):
         with pytest.raises(ValueError, match="completion"):
             dataclasses.replace(base, **bad)
+
+
+def test_default_dataset_holds_no_object_under_the_small_object_rule(tmp_path):
+    """`cobl synth run` with its default options samples no object whose amodal area is at or under the
+    evaluation's small-object rule (``core.policy.MIN_OBJECT_AREA``): 40 scenes of the dataset plan, amodal
+    masks ray-cast at the render resolution, nothing rendered."""
+    from app import cli_synth
+    from app.parser import build_parser
+    from core.policy import MIN_OBJECT_AREA
+    from synth.dataset.plan import dataset_scene_spec, make_config
+
+    args = build_parser([cli_synth]).parse_args(["synth", "run", "--out", str(tmp_path), "--scenes", "40"])
+    config = make_config(args.scenes, seed=args.seed, resolution=args.resolution, samples=args.samples)
+    smallest = []
+    for index in range(40):
+        spec = dataset_scene_spec(config, index)
+        amodal, _ = geometry.raycast_masks(spec, config.resolution)
+        smallest.append(float(amodal.reshape(len(amodal), -1).mean(1).min()))
+    assert min(smallest) > MIN_OBJECT_AREA, sorted(smallest)[:5]

@@ -318,6 +318,7 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
                 global_step=global_step,
                 ema=bool(ema),
                 skipped=skipped,
+                cond_dropout=opts.cond_dropout,  # whether classifier-free guidance means anything
             )
             pipeline.save_pretrained(tmp, safe_serialization=True)
         if ema is not None:

@@ -34,6 +34,7 @@ from assets.lighting import sample_lights, sample_world
 from assets.materials import sample_material, sample_table_material
 from assets.shapes import FAMILIES, cached_mesh, make_asset_ref
 from core.camera import NEAR, look_at, project_points
+from core.policy import SAMPLED_MIN_OBJECT_AREA
 from core.spec import (
     AssetRef,
     CameraSpec,
@@ -93,7 +94,8 @@ class SamplerConfig:
     samples: int = 16
     denoise: bool = False
     check_res: int = 64  # ray-cast resolution of the visibility/occlusion checks
-    min_object_area: float = 0.002  # each object's amodal area, fraction of the image (at check_res)
+    # each object's amodal area, fraction of the image (at check_res): the small-object rule plus a margin
+    min_object_area: float = SAMPLED_MIN_OBJECT_AREA
     placement_tries: int = 30  # positions tried per object before giving up on it
     camera_tries: int = 4  # camera poses tried per arrangement
     max_attempts: int = 60  # arrangements tried before SamplingError
