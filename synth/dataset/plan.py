@@ -25,7 +25,7 @@ from synth.dataset import shards as shardlib
 DEFAULT_SPLITS = {"train": 0.9, "val": 0.05, "test": 0.05}
 
 
-SAMPLING_ATTEMPTS = 5  # seeds tried per scene when the sampler cannot meet its constraints
+SAMPLING_ATTEMPTS = 20  # seeds tried per scene when the sampler cannot meet its constraints
 
 
 def scene_seed(dataset_seed: int, index: int, attempt: int = 0) -> int:

@@ -58,7 +58,7 @@ class SamplerConfig:
     """Every knob of the scene distribution. Flat and JSON-friendly (tuples become lists and back)."""
 
     min_objects: int = 2
-    max_objects: int = 6
+    max_objects: int = 4  # the tiny model's K; 5-6 objects rarely all clear min_object_area (docs/dataset.md)
     min_visible: float = 0.15  # each object's visible (modal/amodal) fraction at least this
     min_occluded_fraction: float = 0.25  # at least ceil(this * n) objects partly hidden ...
     occluded_threshold: float = 0.05  # ... by at least this fraction of their amodal area
