@@ -23,8 +23,10 @@ mIoU / recomposition PSNR: unguided 0.27 / 18 dB; x0 0.29 / 33 dB; latents 0.44 
 denoiser gradient throughout 0.48 / 33 dB; the default 0.44 / 34 dB. The gradient through the denoiser moves
 objects between slots; the decoder-only one mostly repaints the frontmost slot.
 
-Normalised step: the gradient is divided by its RMS (per sample), and scaled to ``scale * weight(progress) *
-rms(residual)``, so the step shrinks as the recomposition converges instead of overshooting a good fit.
+Normalised step: the gradient is divided by its RMS (per sample), and scaled per element to ``scale *
+weight(progress) * rms(residual)`` (step kind "residual", our default), so the step shrinks as the
+recomposition converges instead of overshooting a good fit; "noise" scales it with the noise level instead,
+and "unit_norm" is the authors' step of a fixed L2 norm over the whole sample (``normalised_step``).
 
 Slot reordering (optional, ``reorder_every``): the authors periodically search the orderings of the object
 slots for the best recomposition. Here the search runs on the decoded prediction in the same [0, 1] range as
