@@ -229,9 +229,11 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def sample_key(path: Path) -> str:
-    """A WebDataset key for a file (its stem; dots would split the key)."""
-    return path.stem.replace(".", "_")
+def sample_keys(files: Sequence[Path]) -> list[str]:
+    """A distinct WebDataset key per file: its stem with dots replaced (a dot would split the key), and its
+    position appended where two stems would give the same key."""
+    stems = [path.stem.replace(".", "_") for path in files]
+    return [s if stems.count(s) == 1 else f"{s}_{i}" for i, s in enumerate(stems)]
 
 
 def write_shard(files: Sequence[Path], shard: Path) -> list[TabletopScene]:
@@ -240,8 +242,8 @@ def write_shard(files: Sequence[Path], shard: Path) -> list[TabletopScene]:
 
     records = []
     with wds.TarWriter(str(shard), mtime=0) as sink:
-        for path in files:
-            members, record = scene_members(path, sample_key(path))
+        for path, key in zip(files, sample_keys(files), strict=True):
+            members, record = scene_members(path, key)
             sink.write({"__key__": record.key, **members})
             records.append(record)
     return records

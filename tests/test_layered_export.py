@@ -5,6 +5,9 @@ reader; ``zipfile`` + ``stack.xml``) hold the PNGs' pixels in occlusion order an
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
@@ -164,3 +167,32 @@ def test_unknown_export_format_is_one_line_before_anything_runs(result, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cobl: error: --export: expected"), err
     assert not (tmp_path / "out").exists()
+
+
+GIMP_LIST_LAYERS = """
+(let* ((img (car (gimp-file-load RUN-NONINTERACTIVE "{psd}" "{psd}")))
+       (layers (vector->list (cadr (gimp-image-get-layers img)))))
+  (gimp-message-set-handler CONSOLE)
+  (for-each (lambda (l) (gimp-message (string-append "LAYER|" (car (gimp-item-get-name l))))) layers)
+  (let ((flat (car (gimp-image-merge-visible-layers img CLIP-TO-IMAGE))))
+    (file-png-save-defaults RUN-NONINTERACTIVE img flat "{png}" "{png}")))
+"""
+
+
+@pytest.mark.skipif(shutil.which("gimp") is None, reason="GIMP is not installed (apt-get install gimp)")
+def test_gimp_opens_the_psd_as_the_same_stack(result, tmp_path):
+    """A real editor: GIMP (batch mode) lists the layers top first and flattens them to the recomposition."""
+    folder = result / "tall"
+    flat = tmp_path / "flat.png"
+    script = GIMP_LIST_LAYERS.format(psd=folder / "tall.psd", png=flat)
+    run = subprocess.run(
+        ["gimp", "-i", "-d", "-f", "-b", script, "-b", "(gimp-quit 0)"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": str(tmp_path)},
+    )
+    lines = (run.stdout + run.stderr).splitlines()
+    names = [line.split("LAYER|", 1)[1] for line in lines if "LAYER|" in line]
+    expected = _expected_stack(folder)
+    assert names == [n for n, _ in reversed(expected)], run.stderr[-2000:]
+    flattened = np.asarray(Image.open(flat).convert("RGB")).astype(int)
+    recomposition = _png(folder / "recomposition.png")[..., :3]
+    assert np.abs(flattened - recomposition).max() <= (len(expected) + 1) / 2
