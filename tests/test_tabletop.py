@@ -22,6 +22,7 @@ from core.layers import composite
 from infer.pipeline import CObLPipeline
 from infer.tabletop import implied_order, scene_members
 from tests.shardmaker import write_shard
+from tests.test_depth_condition import _tiny_dpt
 from train.loop import train
 from train.options import TrainOptions
 
@@ -223,6 +224,13 @@ def test_depth_models_need_an_estimator_and_data_or_tabletop_is_required(workdir
     common = ["eval", "--tabletop", scenes, "--out", str(tmp_path / "x.json"), *FAST]
     assert app.cli.main([*common, "--model", str(tmp_path / "m")]) == 2
     assert "--depth-model: the model is depth-conditioned" in capsys.readouterr().err
+    estimator = _tiny_dpt(tmp_path / "dpt")  # a saved transformers depth estimator, as a user would give
+    with_depth = [*common, "--model", str(tmp_path / "m"), "--depth-model", str(estimator), "--no-unguided"]
+    with pytest.warns(UserWarning, match="4 objects > K=3"):
+        assert app.cli.main(with_depth) == 0
+    metrics = json.loads((tmp_path / "x.json").read_text())
+    assert metrics["num_scenes"] == 3 and metrics["settings"]["depth_source"] == f"estimator:{estimator}"
+    (tmp_path / "x.json").unlink()
     assert app.cli.main([*common, "--model", str(workdir / "run"), "--depth-source", "rendered"]) == 2
     assert "--depth-source: TABLETOP scenes carry no depth map" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
