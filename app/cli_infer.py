@@ -152,11 +152,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="cobl_layers", help="output folder (one subfolder per photo)")
     p.add_argument("--overwrite", action="store_true", help="redo photos whose output folder exists")
+    p.add_argument(
+        "--export",
+        default=None,
+        metavar="FORMATS",
+        help="also write a layered file per photo for image editors: psd, ora or psd,ora (background at "
+        "the bottom, objects above in occlusion order; made from the PNGs, also for photos already done)",
+    )
     p.set_defaults(func=run_infer)
 
-    e = subparsers.add_parser("eval", help="score a model against ground-truth layers in scene shards")
+    e = subparsers.add_parser(
+        "eval", help="score a model against ground-truth layers (scene shards or TABLETOP .h5 scenes)"
+    )
     _add_sampling_options(e)
-    e.add_argument("--data", required=True, help="shard pattern, e.g. 'DIR/shards/test-*.tar'")
+    source = e.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="shard pattern, e.g. 'DIR/shards/test-*.tar'")
+    source.add_argument(
+        "--tabletop",
+        default=None,
+        metavar="DIR",
+        help="instead of --data: a folder of the CObL authors' real TABLETOP scenes (.h5 files with scene, "
+        "background, layers, masks; docs/inference.md)",
+    )
     e.add_argument("--limit", type=int, default=None, help="evaluate at most N scenes")
     e.add_argument("--out", default="metrics.json", help="metrics JSON to write")
     e.add_argument("--no-unguided", action="store_true", help="skip the unguided-sampler baseline")
@@ -245,9 +262,11 @@ def run_infer(args: argparse.Namespace) -> int:
     from core.images import psnr
     from core.layers import composite
     from infer import io
+    from infer.layered import export_folders, parse_formats
     from infer.pipeline import decompose
 
     _check_options(args)
+    export_formats = parse_formats(args.export)
     photos = io.list_photos(args.image)
     for path in photos:  # every input must open before anything runs
         io.check_photo(path)
@@ -308,6 +327,9 @@ def run_infer(args: argparse.Namespace) -> int:
     skipped = len(photos) - len(todo)
     note = f" ({skipped} already done, kept)" if skipped else ""
     print(f"cobl infer: wrote {len(todo)} result folder(s) under {out_root}{note}")
+    if export_formats:
+        layered = export_folders([out_root / n for n in io.output_names(photos)], export_formats)
+        print(f"cobl infer: wrote {len(layered)} layered file(s) ({', '.join(export_formats)})")
     return 0
 
 
@@ -356,13 +378,18 @@ def run_eval(args: argparse.Namespace) -> int:
     from cobl.data import expand_urls
     from core.atomic import write_text_atomic
     from infer.evaluate import MODEL, evaluate
+    from infer.tabletop import check_folder, evaluate_tabletop
 
     _check_options(args)
-    expand_urls(args.data)  # a one-line error before the model loads
+    data = args.data if args.tabletop is None else args.tabletop
+    if args.tabletop is None:
+        expand_urls(data)  # a one-line error before the model loads
+    else:
+        check_folder(data)  # every file's keys, dtypes and sizes, before the model loads
     pipe = _load(args)
-    result = evaluate(
+    result = (evaluate if args.tabletop is None else evaluate_tabletop)(
         pipe,
-        args.data,
+        data,
         limit=args.limit,
         seed=args.seed,
         unguided=not args.no_unguided and args.guidance_scale > 0,
@@ -379,7 +406,7 @@ def run_eval(args: argparse.Namespace) -> int:
             "seed": args.seed,
             **result["settings"],
             "selection_split": args.selection_split,
-            "split": _split_name(args.data),
+            "split": _split_name(args.data) if args.tabletop is None else "tabletop",
         },
     }
     write_text_atomic(args.out, json.dumps(result, indent=2, sort_keys=True) + "\n")
