@@ -14,7 +14,7 @@ from PIL import Image
 from app.report import write_report
 from core.images import over_checkerboard, to_uint8
 
-FIGURE_SCENES = 4
+FIGURE_SCENES = 8  # scenes per prediction figure (test and val)
 CELL = 128  # pixels per image cell in the figures (nearest upscaling keeps 64² renders crisp)
 
 
@@ -46,11 +46,14 @@ def dataset_figure(data: Path, path: Path, num_objects: int, res: int) -> None:
 
 
 def predictions_figure(args: argparse.Namespace, path: Path, split: str = "test",
-                       model: Path | None = None, data: str | None = None) -> list[str]:
-    """Rows of photo | true layers | predicted layers | recomposition for the first scenes of ``split``,
-    sampled and filtered as ``cobl eval`` does (``model``/``data`` default to the demo's own)."""
+                       model: Path | None = None, data: str | None = None,
+                       scenes: int = FIGURE_SCENES) -> list[str]:
+    """Rows of photo | true layers | the model's layers | the visible-only oracle's layers | the model's
+    recomposition for the first ``scenes`` scenes of ``split``, sampled and filtered as ``cobl eval`` does
+    (``model``/``data`` default to the demo's own): completion, or its absence, at a glance."""
     from cobl.data import make_dataset, sample_seed
     from core.layers import composite
+    from infer.baselines import visible_only_layers
     from infer.evaluate import model_depth_source
     from infer.pipeline import decompose, load_pipeline
 
@@ -58,19 +61,22 @@ def predictions_figure(args: argparse.Namespace, path: Path, split: str = "test"
     rows, keys = [], []
     data = data or str(args.out / "data" / "shards" / f"{split}-*.tar")
     source = model_depth_source(pipe)  # the depth cobl eval gives it
+    width = max(pipe.num_objects, 1)
+
+    def padded(layers) -> list:
+        cells = [to_uint8(layer) for layer in layers][:width]
+        return cells + [None] * (width - len(cells))
+
     for s in itertools.islice(iter(make_dataset(data, pipe.num_objects, pipe.resolution, shuffle=False,
                                                 epochs=1, depth=pipe.uses_depth,
                                                 depth_source="rendered" if source == "none" else source)),
-                              FIGURE_SCENES):
+                              scenes):
         result = decompose(pipe, s.photo, s.depth, num_inference_steps=args.sampling_steps,
                            guidance_scale=args.guidance_scale, seed=sample_seed(s.key, args.seed) % 2**63,
                            min_area=args.min_area)
-        true = [to_uint8(layer) for layer in s.layers[: s.num_objects]]
-        pred = [to_uint8(layer) for layer in result.layers]
-        width = max(pipe.num_objects, 1)
-        rows.append([to_uint8(s.photo), *true, *[None] * (width - len(true)),
-                     *pred, *[None] * (width - len(pred)),
-                     to_uint8(composite(result.layers, result.background))])
+        oracle, _ = visible_only_layers(s.photo, s.layers)
+        rows.append([to_uint8(s.photo), *padded(s.layers[: s.num_objects]), *padded(result.layers),
+                     *padded(oracle), to_uint8(composite(result.layers, result.background))])
         keys.append(s.key)
     _grid(rows, path)
     return keys
@@ -206,9 +212,10 @@ def build_report(out: Path, args: argparse.Namespace, stage_seconds: dict[str, f
         ("Training loss", "loss_curve.png"),
         *([("Learning curve on val (the guided sampler, as cobl eval runs it)", "val_curve.png")]
           if curve else []),
-        ("Held-out test scenes: photo | true layers | predicted layers | recomposition", "predictions.png"),
-        ("Val scenes, the pictures the choices were judged by: photo | true layers | predicted layers | "
-         "recomposition", "predictions_val.png"),
+        ("Held-out test scenes: photo | true layers | the model's layers | the visible-only oracle's layers "
+         "(true visible masks: nothing completed) | the model's recomposition", "predictions.png"),
+        ("Val scenes, the pictures the choices were judged by: photo | true layers | the model's layers | "
+         "the visible-only oracle's layers | recomposition", "predictions_val.png"),
     ]
     report = out / "report.html"
     write_report(report, title="cobl demo", summary_lines=lines, tables=tables, figures=figures,
