@@ -3,7 +3,7 @@
 Scenes come from shards through ``cobl.data`` (the trainer's reader), decoded at the model's resolution with
 the model's K. Every method sees the same photo; the model and the unguided sampler also start from the same
 noise (seeded by the scene key), so their difference is the guidance alone. Ground-truth visible fractions
-(for the occluded / unoccluded split) are computed from the true alphas with ``cobl.layers.visible_weights``.
+(for the occluded / unoccluded split) are computed from the true alphas with ``core.layers.visible_weights``.
 
 Depth: a depth-conditioned model gets the depth it was trained on (its config's ``depth_source``: the
 renderer's exact depth, an oracle input, or the simulated monocular estimate, ``cobl.depth``) unless

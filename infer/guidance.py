@@ -1,7 +1,7 @@
 """Composite guidance: nudge the sampler so the predicted layers composite back to the photo.
 
 At a sampler step the denoiser's output gives a prediction of the clean latents ``x0`` of every slot. The
-codec decodes them (differentiably) into object layers and a background, ``cobl.layers.composite`` stacks
+codec decodes them (differentiably) into object layers and a background, ``core.layers.composite`` stacks
 them, and the recomposition error ``L = mean(valid * (composite - photo)^2)`` is differentiated, and
 normalised gradient steps are taken with a weight that follows a schedule over the sampling progress. The
 authors take one such step per sampler step (modes ``"x0"`` and ``"latents"`` do; the ``"authors"`` preset of

@@ -1,7 +1,7 @@
 """Scoring a predicted layer stack against ground truth: matching, per-scene rows, dataset summary.
 
 Everything here is a pure function of arrays (numpy or torch, ``[K, 4, H, W]`` layers in [0, 1], slot 0
-frontmost, as in ``cobl.layers``), so the same code scores the model, the unguided sampler and the baselines.
+frontmost, as in ``core.layers``), so the same code scores the model, the unguided sampler and the baselines.
 
 Definitions (the ones the report's table documents):
   * Masks are alphas above ``ALPHA_THRESHOLD``. Ground-truth slots with an empty mask are absent objects.
@@ -12,7 +12,7 @@ Definitions (the ones the report's table documents):
     counts those under the rule, which no method can report).
   * ``amodal_miou``: mean IoU over TRUE objects, an unmatched true object counts 0 (extra predicted layers are
     not seen by it). Split by occlusion: a true object is occluded when its visible fraction
-    (``cobl.layers.visible_weights``) is below ``OCCLUDED_BELOW``.
+    (``core.layers.visible_weights``) is below ``OCCLUDED_BELOW``.
   * ``amodal_miou_strict``: extra and duplicate layers charged: the matched IoUs summed over the true objects
     AND the unmatched predicted layers, each unmatched prediction counting IoU 0
     (``sum(matched IoU) / (true objects + unmatched predictions)``).
@@ -221,7 +221,7 @@ def evaluate_scene(
     small-object rule (``min_area``) is applied here to every method alike. ``true_layers [K, 4, H, W]`` may
     contain empty slots, which are ignored. ``true_visible_fraction`` (per true slot) defaults to the one
     computed from the true alphas; ``true_ids`` (modal map, ``ids.png`` convention over the K true slots)
-    defaults to ``cobl.layers.modal_ids`` of the true alphas."""
+    defaults to ``core.layers.modal_ids`` of the true alphas."""
     pred, true = keep_large(pred_layers, min_area), _np(true_layers)
     keep = _present(true, threshold)
     if true_visible_fraction is None:

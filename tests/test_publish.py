@@ -1,7 +1,7 @@
 """``cobl synth publish``: dataset card, stats.json and a gallery that renders in headless Chromium.
 
 The dataset here is synthetic but self-consistent (coloured discs composited over a gradient with
-cobl.layers.composite, ground truth in scene.json's layout), so the test needs neither Blender nor Ray.
+core.layers.composite, ground truth in scene.json's layout), so the test needs neither Blender nor Ray.
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ def dataset_card(title: str, manifest: Manifest, stats: dict[str, Any], extra: l
         "amodally complete RGBA object layers (front to back) and a clean background, "
         "plus the modal instance map,",
         "depth and the full scene description. Layers composite back to the photo with the standard *over*",
-        "operator (`cobl.layers.composite`).",
+        "operator (`core.layers.composite`).",
         "",
         f"- **{stats['scenes']} scenes**, {res}x{res} px, {config.samples} samples/px ({config.engine}), "
         f"{totals['shards']} WebDataset shards, {_fmt_bytes(totals['bytes'])}",
@@ -167,7 +167,7 @@ def dataset_card(title: str, manifest: Manifest, stats: dict[str, Any], extra: l
         "",
         f"All images are {res}x{res}. `layer_k.png` is straight (not premultiplied) "
         f"alpha; where alpha is 0 its RGB is",
-        'the neutral grey `cobl.layers.EMPTY_RGB`. `scene.json` is `{"spec": SceneSpec, '
+        'the neutral grey `core.layers.EMPTY_RGB`. `scene.json` is `{"spec": SceneSpec, '
         '"ground_truth": {...}}`',
         "with, per layer, the object name, pass index, amodal/modal pixel counts and "
         "boxes, `visible_fraction`",

@@ -2,8 +2,8 @@
 
 The renderer hands over, per scene, linear premultiplied RGBA renders (the photo, the background and one
 amodal render per object, in spec order), the Object Index pass and the depth pass. This module decides the
-front-to-back order (from the rendered amodal masks and the modal ids, via synth.occlusion; ties by depth),
-encodes the 8-bit files of synth.schema, and measures how well the layers recomposite to the photo.
+front-to-back order (from the rendered amodal masks and the modal ids, via synth.scene.occlusion; ties by
+depth), encodes the 8-bit files of core.schema, and measures how well the layers recomposite to the photo.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 
 def recomposite(layers_rgba8: list[np.ndarray], bg_rgb8: np.ndarray) -> np.ndarray:
-    """Composite 8-bit straight RGBA layers (front first) over the background with cobl.layers.composite."""
+    """Composite 8-bit straight RGBA layers (front first) over the background with core.layers.composite."""
     bg = to_channels_first(bg_rgb8.astype(np.float64) / 255.0)
     if not layers_rgba8:
         return bg
