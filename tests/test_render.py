@@ -248,7 +248,7 @@ def test_eevee_renders_a_tiny_scene(tmp_path):
 
     out = tmp_path / "scene"
     argv = ["synth", "scene", "--engine", "BLENDER_EEVEE", "--resolution", "32", "--samples", "1"]
-    argv += ["--objects", "2", "--seed", "4", "--threads", "2", "--out", str(out)]
+    argv += ["--min-objects", "2", "--max-objects", "2", "--seed", "4", "--threads", "2", "--out", str(out)]
     # only the checkout: bpy puts Blender's own script folders on sys.path, which shadow the wheel's bpy
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     run = subprocess.run(

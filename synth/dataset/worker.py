@@ -1,7 +1,8 @@
 """The render worker: one long-lived Blender per process, so bpy's start-up is paid once, not once per scene.
 
-``RenderWorker`` is a plain class; the driver wraps it with ``ray.remote`` (with restarts and task retries).
-``render_sample`` is the whole per-scene job and is shared by the actor, the benchmark and one-off re-renders.
+``RenderWorker`` is a plain class; the driver wraps it with ``ray.remote``. ``render_sample`` is the whole
+per-scene job (shared by the actor and the benchmark): ``synth.dataset.scenes.render_scene``, which one-off
+scenes and re-renders use too, padded to the dataset's layer slots.
 """
 
 from __future__ import annotations
@@ -10,21 +11,14 @@ import os
 import time
 from typing import Any
 
-from core import schema
-from synth.dataset.plan import GenerationConfig, dataset_scene_spec, scene_id
+from synth.dataset.plan import GenerationConfig, scene_id
+from synth.dataset.scenes import render_scene
 from synth.dataset.shards import pad_layers
-from synth.render.groundtruth import scene_json
 
 
 def render_sample(renderer: Any, config: GenerationConfig, index: int) -> dict[str, bytes]:
     """Sample and render scene ``index``; return its shard members with ``config.layer_slots`` layer slots."""
-    # threads stay out of the spec (and so out of scene.json): the renderer pins them for its process
-    spec = dataset_scene_spec(config, index)
-    rendered = renderer.render(spec)
-    files = dict(rendered.files)
-    if schema.SCENE not in files:
-        files[schema.SCENE] = scene_json(spec, rendered.ground_truth)
-    return pad_layers(files, config.layer_slots)
+    return pad_layers(render_scene(renderer, config, index).files, config.layer_slots)
 
 
 CACHED_MODULES = ("assets.shapes", "assets.meshes", "synth.scene.sampler", "synth.scene.geometry")
