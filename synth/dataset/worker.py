@@ -60,28 +60,49 @@ def _node_id() -> str:
         return ""
 
 
+class WorkerStartError(RuntimeError):
+    """A render worker could not start on its node (its Blender, or the GPU it was given, is unusable).
+
+    Raised by :meth:`RenderWorker.start` inside the actor, so the driver learns which node it was on and
+    can stop placing workers there (synth.dataset.pool)."""
+
+    def __init__(self, node: str, cause: str):
+        super().__init__(node, cause)
+        self.node, self.cause = node, cause
+
+    def __str__(self) -> str:
+        return self.cause
+
+
 class RenderWorker:
-    """Owns one BlenderRenderer for the life of the process; ``render(index)`` returns one scene's members."""
+    """Owns one BlenderRenderer for the life of the process; ``render(index)`` returns one scene's members.
+
+    The renderer is made by :meth:`start` (the driver's probe that the actor is placed and usable), not in
+    the constructor: a constructor that fails leaves Ray's actor dead without saying where it ran."""
 
     def __init__(self, config: dict[str, Any], threads: int = 0):
-        from synth.render.blender.renderer import BlenderRenderer
-
         self.config = GenerationConfig.from_dict(config)
         self.threads = threads
-        self.renderer = BlenderRenderer(threads=threads, device=self.config.device)
+        self.renderer: Any = None
         self.count = 0
+
+    def start(self) -> tuple[int, str]:
+        """Start Blender on the configured device; (pid, Ray node id). WorkerStartError when it cannot."""
+        from synth.render.blender.renderer import BlenderRenderer
+
+        if self.renderer is None:
+            try:
+                self.renderer = BlenderRenderer(threads=self.threads, device=self.config.device)
+            except Exception as err:  # any failure to start is reported, with its node, to the driver
+                raise WorkerStartError(_node_id(), f"{type(err).__name__}: {err}") from err
+        return os.getpid(), _node_id()
 
     def pid(self) -> int:
         return os.getpid()
 
-    def where(self) -> tuple[int, str]:
-        """(pid, Ray node id) of this actor: the driver's probe that it has been placed and started."""
-        import ray
-
-        return os.getpid(), ray.get_runtime_context().get_node_id()
-
     def render(self, index: int) -> dict[str, Any]:
-        t0 = time.perf_counter()
+        self.start()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         try:
             members = render_sample(self.renderer, self.config, index)
         finally:
@@ -94,6 +115,7 @@ class RenderWorker:
             "pid": os.getpid(),
             "node": _node_id(),
             "seconds": time.perf_counter() - t0,
+            "core_seconds": time.process_time() - cpu0,  # every Cycles thread of this process
             "rss_mb": rss_mb(),
             "count": self.count,
         }
