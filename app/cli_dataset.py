@@ -134,6 +134,11 @@ def _publish(args: argparse.Namespace) -> int:
     )
     for path in written:
         print(path)
+    from synth.dataset.cost import cost_lines
+    from synth.dataset.manifest import Manifest
+
+    for line in cost_lines(Manifest.load(args.dir).cost()):
+        print(line)
     return 0
 
 

@@ -27,6 +27,25 @@ from synth.render.scene_dir import RenderedScene
 
 NO_HIT_DEPTH = 1e9  # Blender writes ~1e10 where a camera ray hits nothing
 
+# What the Blender renderer records in scene.json's ``ground_truth.render``, typed for readers that need a
+# schema up front (the dataset card's Hugging Face features, synth.dataset.features).
+RENDER_INFO_FIELDS: dict[str, Any] = {
+    "engine": str,
+    "samples": int,
+    "denoise": bool,
+    "seed": int,
+    "view_transform": str,
+    "look": str,
+    "exposure": float,
+    "gamma": float,
+    "blender": str,
+    "device": str,
+    "layer_renders": int,
+    "boxes": tuple[tuple[int, ...] | None, ...],  # per object: its projected region's box, or None
+    "background_renders": int,
+    "background": str,
+}
+
 
 def srgb_encode(linear: np.ndarray) -> np.ndarray:
     """Linear [0, 1] -> 8-bit sRGB (Blender's "Standard" view transform, no dither)."""
