@@ -315,6 +315,14 @@ def test_publish_on_real_renders(dataset: Path, tmp_path: Path) -> None:
     assert sum(stats["visible_fraction"]["histogram"]) == stats["objects"]
     assert len(list((copy / "gallery" / "img").iterdir())) == 3
     assert "| train | 3 | 2 |" in (copy / "README.md").read_text()
+    # real scene.json documents load through the card's declared features (no inference), unchanged
+    datasets = pytest.importorskip("datasets")
+    loaded = datasets.load_dataset(str(copy), cache_dir=str(tmp_path / "hf-cache"))
+    rows = {row["__key__"]: row for split in loaded.values() for row in split}
+    truth = {key: json.loads(members[schema.SCENE]) for key, members in all_samples(dataset).items()}
+    assert sorted(rows) == sorted(truth)
+    for key, doc in truth.items():
+        assert rows[key][schema.SCENE] == doc, key
 
 
 def test_a_scene_that_always_fails_stops_the_job_with_an_error(ray_local, tmp_path: Path) -> None:

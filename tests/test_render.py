@@ -12,7 +12,7 @@ import pytest
 from core import schema
 from core.layers import modal_ids
 from core.spec import SceneSpec
-from synth.render.groundtruth import recomposite
+from synth.render.groundtruth import RENDER_INFO_FIELDS, recomposite
 from synth.scene.sampler import SamplerConfig, sample_scene
 
 RES = 96
@@ -99,6 +99,7 @@ def test_scene_json_is_consistent(rendered):
             assert (edge["front"], edge["back"]) not in dropped
             assert position[edge["front"]] < position[edge["back"]]
         assert gt["render"]["view_transform"] == "Standard" and gt["render"]["samples"] == 8
+        assert set(gt["render"]) == set(RENDER_INFO_FIELDS)  # the dataset card's features type these
         assert np.allclose(np.asarray(gt["camera"]["K"]), np.asarray(spec.camera.intrinsics()))
 
 
