@@ -97,9 +97,6 @@ class RenderWorker:
                 raise WorkerStartError(_node_id(), f"{type(err).__name__}: {err}") from err
         return os.getpid(), _node_id()
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def render(self, index: int) -> dict[str, Any]:
         self.start()
         t0, cpu0 = time.perf_counter(), time.process_time()
