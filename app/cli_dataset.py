@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--placement-timeout",
         type=float,
         default=None,
-        help="seconds with no live worker (none placed yet, or all lost) before the job stops (default 600)",
+        help="seconds with no worker live or starting (none placed, or all lost) before the job stops "
+        "(default 600)",
     )
     p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
     p.set_defaults(func=_run)

@@ -3,9 +3,9 @@ actors (synth.dataset.pool) and write shards as they complete (synth.dataset.ass
 
 Fault tolerance: a shard is the unit of work, recorded in the manifest with its sha256 only once written;
 a restarted job keeps the recorded shards whose bytes still hash right and redoes everything else. Lost
-workers are replaced by the pool, their scenes requeued; the job stops only when no worker is live for
-``placement_timeout`` seconds, and every finished shard is kept for the rerun. The manifest also records
-what each run cost (synth.dataset.cost).
+workers are replaced by the pool, their scenes requeued; the job stops only when no worker is live or
+starting for ``placement_timeout`` seconds, and every finished shard is kept for the rerun. The manifest
+also records what each run cost (synth.dataset.cost).
 """
 
 from __future__ import annotations
@@ -115,9 +115,9 @@ class Summary:
         self.worker_start_failures = stats.worker_start_failures
 
 
-# Seconds the job waits with no live worker before it stops (--placement-timeout). Ten minutes is longer than
-# an autoscaler needs to boot and set up a replacement node (3-6 min for the nodes of ray_cluster.yaml) and
-# short enough that a job asking for a resource no node offers fails the same day, not never.
+# Seconds the job waits with no worker live or starting before it stops (--placement-timeout). Ten minutes
+# is longer than an autoscaler needs to boot and set up a replacement node (3-6 min for the nodes of
+# ray_cluster.yaml) and short enough that a job asking for a resource no node offers fails the same day.
 PLACEMENT_TIMEOUT_S = 600.0
 
 
@@ -162,7 +162,7 @@ def run_generation(
     ``threads_per_worker``: Cycles threads of each actor; by default 1 when there are several workers (one
     per core) and all cores for a single worker. ``worker_resource`` names a custom Ray resource the actors
     each take one unit of (``render`` on the cluster of ray_cluster.yaml), which keeps Blender off the GPU
-    training nodes. ``placement_timeout``: seconds with no live worker at all after which the job stops
+    training nodes. ``placement_timeout``: seconds with no worker live or starting after which the job stops
     with a GenerationError naming the resource; finished shards stay.
 
     ``on_result`` sees each scene's result (index, key, pid, node, seconds, core_seconds, rss_mb) as it

@@ -7,8 +7,10 @@ for the live workers and asks for a replacement, used as soon as Ray has placed 
 after a crash, a new node after a loss), so the pool grows back to ``workers``. A worker that fails to
 *start* (a node that offers a GPU Cycles cannot use, a node whose Blender cannot load) counts against its
 node: after ``MAX_START_FAILURES_PER_NODE`` the node is skipped with one log line and no later actor is
-placed there. Only when no worker at all is live, and none was placed, for ``placement_timeout`` seconds
-does the pool stop, naming the resource nobody offers (and the nodes it skipped).
+placed there. Only when no worker at all is live or starting for ``placement_timeout`` seconds (a worker
+counts as starting from when Ray has started its process, before Blender loads, so a slow start-up is not
+taken for a missing node) does the pool stop, naming the resource nobody offers (and the nodes it
+skipped).
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ class GenerationError(RuntimeError):
 
 @dataclass
 class _Slot:
-    """One of the ``workers`` places in the pool: its current actor, live once Ray has placed and started
-    it."""
+    """One of the ``workers`` places in the pool: its current actor, placed once Ray has started its process
+    (``where()`` answered), live once it has started Blender (``start()`` answered)."""
 
     actor: Any
-    probe: Any  # the future of actor.start() while the actor waits to be placed; None once live
+    probe: Any  # the pending where() (not placed yet) or start() (placed, starting); None once live
+    placed: bool = False
     live: bool = False
     replaced: bool = False  # this actor replaces a lost one (its placement is logged)
     node: str = ""
@@ -79,8 +82,8 @@ class RenderPool:
         self.skipped: dict[str, str] = {}  # node -> the last start failure's cause
         self.attempts: Counter[int] = Counter()
         self.inflight: dict[Any, tuple[int, int, Any]] = {}  # future -> (scene index, slot, actor)
-        self.no_live_since: float | None = time.monotonic()
         self.slots = [self._new_slot() for _ in range(workers)]
+        self.waiting_since: float | None = time.monotonic()  # since when no worker is live or starting
 
     # -- the loop ---------------------------------------------------------------------------------------
     def render(self, indices: list[int]) -> Iterator[dict[str, Any]]:
@@ -95,7 +98,7 @@ class RenderPool:
                 self._check_placement()
                 self.progress.tick()
             elif ready[0] in probes:
-                self._placed(probes[ready[0]], ready[0])
+                self._probed(probes[ready[0]], ready[0])
             elif (result := self._collect(ready[0], queue)) is not None:
                 self._submit(queue)  # keep the actors busy while the caller handles the result
                 yield result
@@ -115,7 +118,14 @@ class RenderPool:
         if self.skipped:
             options["label_selector"] = {NODE_LABEL: f"!in({','.join(sorted(self.skipped))})"}
         actor = self.actor_cls.options(**options).remote(*self.actor_args)
-        return _Slot(actor=actor, probe=actor.start.remote(), replaced=replaced)
+        return _Slot(actor=actor, probe=actor.where.remote(), replaced=replaced)
+
+    def _update_waiting(self) -> None:
+        """Start the placement clock when no worker is live or starting, stop it when one is."""
+        if any(s.placed for s in self.slots):
+            self.waiting_since = None
+        elif self.waiting_since is None:
+            self.waiting_since = time.monotonic()
 
     def _submit(self, queue: list[int]) -> None:
         while queue:
@@ -129,11 +139,11 @@ class RenderPool:
             self.inflight[self.slots[k].actor.render.remote(index)] = (index, k, self.slots[k].actor)
             self.slots[k].load += 1
 
-    def _placed(self, k: int, fut: Any) -> None:
+    def _probed(self, k: int, fut: Any) -> None:
+        """Slot ``k``'s probe answered: where() (placed: start Blender) or start() (live), or failed."""
         import ray
 
         slot = self.slots[k]
-        slot.probe = None
         try:
             _, slot.node = ray.get(fut)
         except ray.exceptions.RayTaskError as err:  # start() raised: WorkerStartError, with its node
@@ -142,9 +152,12 @@ class RenderPool:
         except ray.exceptions.RayError as err:  # the actor died or was never scheduled
             self._lose(k, _last_line(err), 0)
             return
-        slot.live = True
+        if not slot.placed:
+            slot.placed, slot.probe = True, slot.actor.start.remote()
+            self._update_waiting()
+            return
+        slot.probe, slot.live = None, True
         self.progress.set_live(self.live_count())
-        self.no_live_since = None
         if slot.replaced:
             live = f"{self.progress.live}/{self.workers}"
             self.log(f"[synth] worker {k} placed on node {slot.node[:12]}; {live} workers live")
@@ -157,7 +170,7 @@ class RenderPool:
         self.stats.worker_start_failures += 1
         self.start_failures[node] += 1
         cause = str(error)
-        if self.start_failures[node] >= MAX_START_FAILURES_PER_NODE and node not in self.skipped:
+        if node and self.start_failures[node] >= MAX_START_FAILURES_PER_NODE and node not in self.skipped:
             self.skipped[node] = cause
             self.log(
                 f"[synth] node {node[:12]} skipped: {self.start_failures[node]} workers failed to start "
@@ -168,8 +181,7 @@ class RenderPool:
             self.log(f"[synth] worker {k} failed to start on node {node[:12]} ({count}): {cause}")
         ray.kill(self.slots[k].actor, no_restart=True)
         self.slots[k] = self._new_slot(replaced=True)
-        if self.no_live_since is not None:  # it was placed: the wait for a placement starts again
-            self.no_live_since = time.monotonic()
+        self._update_waiting()  # with no other worker live or starting, the wait for a placement restarts
 
     def _lose(self, k: int, why: str, scenes: int) -> None:
         """Slot ``k``'s actor is gone: replace it (each of its calls fails and requeues its scene itself)."""
@@ -181,8 +193,7 @@ class RenderPool:
         self.slots[k] = self._new_slot(replaced=True)
         self.stats.worker_restarts += 1
         self.progress.set_live(self.live_count())
-        if self.progress.live == 0 and self.no_live_since is None:
-            self.no_live_since = time.monotonic()
+        self._update_waiting()
         if slot.live or scenes:
             self.log(
                 f"[synth] worker {k} lost{where} ({why}); {scenes} scene(s) back to the queue, "
@@ -222,7 +233,7 @@ class RenderPool:
             return None
 
     def _check_placement(self) -> None:
-        if self.no_live_since is None or time.monotonic() - self.no_live_since <= self.placement_timeout:
+        if self.waiting_since is None or time.monotonic() - self.waiting_since <= self.placement_timeout:
             return
         skipped = ""
         if self.skipped:

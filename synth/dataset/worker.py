@@ -86,6 +86,11 @@ class RenderWorker:
         self.renderer: Any = None
         self.count = 0
 
+    def where(self) -> tuple[int, str]:
+        """(pid, Ray node id): the driver's probe that the actor is placed and its process runs (cheap: the
+        placement is known before Blender starts, so a slow start-up does not count as no placement)."""
+        return os.getpid(), _node_id()
+
     def start(self) -> tuple[int, str]:
         """Start Blender on the configured device; (pid, Ray node id). WorkerStartError when it cannot."""
         from synth.render.blender.renderer import BlenderRenderer
