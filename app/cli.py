@@ -1,6 +1,6 @@
 """The ``cobl`` command. Each roof module registers its own subcommands:
 
-  * ``app/cli_synth.py`` -> ``cobl synth scene|run|verify|publish|rerender|seed``
+  * ``app/cli_synth.py`` -> ``cobl synth scene|run|verify|publish|rerender``
   * ``app/cli_train.py`` -> ``cobl train-vae``, ``cobl train-prior``, ``cobl train``
   * ``app/cli_infer.py`` -> ``cobl infer``, ``cobl eval``
   * ``app/cli_model.py`` -> ``cobl model summary``

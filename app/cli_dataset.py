@@ -1,13 +1,13 @@
-"""``cobl synth run|verify|publish|rerender|seed``: dataset jobs over shards (heavy imports in handlers)."""
+"""``cobl synth run|verify|publish|rerender``: dataset jobs over shards (heavy imports in handlers)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from core.policy import RENDER_ENGINES
+from app.retired import retire
+from app.synth_options import add_generation_options, generation_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,38 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", required=True, type=Path, help="dataset directory (created; resumed if it exists)"
     )
     p.add_argument("--scenes", required=True, type=int, help="number of scenes N")
-    p.add_argument("--resolution", type=int, default=128, help="square image size in pixels (default 128)")
-    p.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel (default 16)")
-    p.add_argument("--engine", default="CYCLES", help=f"one of {', '.join(RENDER_ENGINES)} (default CYCLES)")
-    p.add_argument(
-        "--device",
-        default="cpu",
-        help="cpu or gpu: render on Cycles' GPU (OptiX, else CUDA); each worker then requests one GPU of "
-        "Ray. Part of the generation config (GPU pixels differ slightly from CPU ones)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="dataset seed; scene i uses scene_seed(SEED, i)")
+    add_generation_options(p)
     p.add_argument("--split", default="train=0.9,val=0.05,test=0.05", help="NAME=FRACTION,... summing to 1")
     p.add_argument("--shard-size", type=int, default=1000, help="scenes per shard (default 1000)")
-    p.add_argument("--min-objects", type=int, default=None, help="fewest objects per scene (sampler default)")
-    p.add_argument(
-        "--max-objects",
-        type=int,
-        default=None,
-        help="most objects per scene = layer slots per sample (sampler default)",
-    )
-    p.add_argument(
-        "--completion-fraction",
-        type=float,
-        default=None,
-        help="fraction of scenes that must hold an object 25-75%% hidden (asks for amodal completion; "
-        "sampler default 0)",
-    )
-    p.add_argument(
-        "--sampler-config",
-        type=Path,
-        default=None,
-        help="JSON object of SamplerConfig fields (options above override it)",
-    )
     p.add_argument("--workers", type=int, default=1, help="Blender worker actors (default 1)")
     p.add_argument(
         "--address",
@@ -66,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--placement-timeout",
         type=float,
         default=None,
-        help="seconds with no live worker (none placed yet, or all lost) before the job stops (default 600)",
+        help="seconds with no worker live or starting (none placed, or all lost) before the job stops "
+        "(default 600)",
     )
     p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
     p.set_defaults(func=_run)
@@ -95,59 +67,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_rerender)
 
-    p = sub.add_parser("seed", help="print the scene id and scene seed of dataset scene INDEX")
-    p.add_argument("--dataset-seed", type=int, required=True)
-    p.add_argument("--index", type=int, required=True)
+    p = sub.add_parser("seed", help="removed: --seed is the dataset seed everywhere (see `cobl synth scene`)")
+    new = "`cobl synth scene --seed S --index I` (--seed is the dataset seed everywhere)"
+    retire(p, "--dataset-seed", new)
+    retire(p, "--index", new)
     p.set_defaults(func=_seed)
 
 
-def _sampler_overrides(args: argparse.Namespace) -> dict:
-    from core.errors import UserError
-
-    overrides: dict = {}
-    if args.sampler_config is not None:
-        try:
-            overrides = json.loads(args.sampler_config.read_text())
-        except (OSError, ValueError) as err:
-            raise UserError(
-                f"{args.sampler_config}: expected a JSON object of SamplerConfig fields ({err})"
-            ) from None
-        if not isinstance(overrides, dict):
-            raise UserError(f"{args.sampler_config}: expected a JSON object of SamplerConfig fields")
-    if args.min_objects is not None:
-        overrides["min_objects"] = args.min_objects
-    if args.max_objects is not None:
-        overrides["max_objects"] = args.max_objects
-    if args.completion_fraction is not None:
-        if not 0 <= args.completion_fraction <= 1:
-            raise UserError(
-                f"--completion-fraction: expected a fraction in [0, 1], got {args.completion_fraction}"
-            )
-        overrides["completion_fraction"] = args.completion_fraction
-    return overrides
-
-
 def _run(args: argparse.Namespace) -> int:
-    from core.errors import UserError
     from synth.dataset.generate import PLACEMENT_TIMEOUT_S, GenerationError, run_generation
-    from synth.dataset.plan import make_config, parse_splits
+    from synth.dataset.plan import parse_splits
 
-    try:
-        config = make_config(
-            args.scenes,
-            seed=args.seed,
-            resolution=args.resolution,
-            samples=args.samples,
-            engine=args.engine,
-            device=args.device,
-            splits=parse_splits(args.split),
-            shard_size=args.shard_size,
-            sampler_overrides=_sampler_overrides(args),
-        )
-    except UserError as err:
-        if err.option == "num_scenes":  # the config's name for the value of --scenes
-            raise UserError(err.detail, option="scenes") from None
-        raise
+    config = generation_config(args, args.scenes, splits=parse_splits(args.split), shard_size=args.shard_size)
     timeout = PLACEMENT_TIMEOUT_S if args.placement_timeout is None else args.placement_timeout
     if config.device == "gpu" and args.address is None:
         # A local Ray renders on this machine: without a GPU its workers would wait for one forever.
@@ -204,39 +135,37 @@ def _publish(args: argparse.Namespace) -> int:
     )
     for path in written:
         print(path)
+    from synth.dataset.cost import cost_lines
+    from synth.dataset.manifest import Manifest
+
+    for line in cost_lines(Manifest.load(args.dir).cost()):
+        print(line)
     return 0
 
 
 def _rerender(args: argparse.Namespace) -> int:
-    from core import schema
-    from core.errors import UserError
-    from core.groundtruth import GroundTruth
-    from synth.dataset.manifest import SHARDS_DIR, Manifest
-    from synth.dataset.plan import GenerationConfig, scene_id
-    from synth.dataset.shards import iter_shard
-    from synth.dataset.worker import render_sample
+    from synth.dataset.scenes import check_index, compare_with_shard, dataset_config, render_scene
     from synth.render.blender.renderer import BlenderRenderer
-    from synth.render.scene_dir import RenderedScene, write_scene_dir
+    from synth.render.scene_dir import write_scene_dir
 
-    config = GenerationConfig.from_dict(Manifest.load(args.dir).config)
-    if not 0 <= args.index < config.num_scenes:
-        raise UserError(f"--index: {args.index} should be in [0, {config.num_scenes})")
-    members = render_sample(BlenderRenderer(), config, args.index)
-    n = len(GroundTruth.from_scene(json.loads(members[schema.SCENE])).objects)
-    files = {k: v for k, v in members.items() if schema.layer_index(k) is None or schema.layer_index(k) < n}
-    write_scene_dir(RenderedScene(scene_id(args.index), files), args.out)
+    config = dataset_config(args.dir)
+    check_index(config, args.index)
+    with BlenderRenderer(device=config.device) as renderer:
+        scene = render_scene(renderer, config, args.index)
+    write_scene_dir(scene, args.out)
     print(args.out)
     if not args.check:
         return 0
-    plan = next(p for p in config.plan() if args.index in p.scenes)
-    stored = dict(iter_shard(args.dir / SHARDS_DIR / plan.name))[scene_id(args.index)]
-    differ = [m for m in members if members[m] != stored.get(m)]
-    print(f"{scene_id(args.index)} vs {plan.name}: " + (f"differs in {differ}" if differ else "identical"))
-    return 1 if set(differ) & {schema.SCENE, schema.IDS, schema.DEPTH} else 0
+    comparison = compare_with_shard(args.dir, config, scene)
+    print(comparison.line())
+    return 0 if comparison.same_scene else 1
 
 
 def _seed(args: argparse.Namespace) -> int:
-    from synth.dataset.plan import scene_id, scene_seed
+    from core.errors import UserError
 
-    print(f"{scene_id(args.index)} {scene_seed(args.dataset_seed, args.index)}")
-    return 0
+    raise UserError(
+        "`cobl synth seed` was removed: --seed is the dataset seed everywhere; "
+        "`cobl synth scene --seed S --index I` renders scene I of dataset seed S (its scene.json records the "
+        "scene seed)"
+    )

@@ -1,4 +1,4 @@
-"""``cobl synth ...``: scene rendering (synth/cli_scene.py) and dataset jobs (synth/cli_dataset.py)."""
+"""``cobl synth ...``: single scenes (app/cli_scene.py) and dataset jobs (app/cli_dataset.py)."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from app.parser import run_cli
+from app.retired import retire
 from core.atomic import write_text_atomic
 from core.errors import UserError
 from core.policy import DEPTH_SOURCES, MIN_OBJECT_AREA
@@ -43,7 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "scenes": 600,
     "resolution": 64,
     "samples": 16,
-    "objects": "2-3",
+    "min_objects": 2,
+    "max_objects": 3,
     "num_objects": 3,
     "max_steps": 4000,  # chosen on val (docs/demo.md); ~5.6 steps/s at batch 8 on 2 idle cores
     "batch_size": 8,
@@ -76,7 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--resolution", type=int, default=DEFAULTS["resolution"], help="render and model resolution"
     )
     p.add_argument("--samples", type=int, default=DEFAULTS["samples"], help="Cycles samples per pixel")
-    p.add_argument("--objects", default=DEFAULTS["objects"], help="objects per scene, MIN-MAX")
+    p.add_argument("--min-objects", type=int, default=DEFAULTS["min_objects"], help="fewest objects a scene")
+    p.add_argument("--max-objects", type=int, default=DEFAULTS["max_objects"], help="most objects a scene")
+    retire(p, "--objects", "--min-objects MIN --max-objects MAX")
     p.add_argument("--num-objects", type=int, default=DEFAULTS["num_objects"], help="model object slots K")
     p.add_argument("--max-steps", type=int, default=DEFAULTS["max_steps"], help="training steps")
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
@@ -132,7 +136,8 @@ def gpu_scale_profile(args: argparse.Namespace) -> None:
     """Overwrite the CPU defaults with the paper-sized profile (documented in docs/demo.md)."""
     if not args.pretrained:
         raise UserError("--gpu-scale: needs --pretrained PATH (a local diffusers Stable Diffusion folder)")
-    args.scenes, args.resolution, args.samples, args.objects, args.num_objects = 2500, 512, 64, "2-6", 6
+    args.scenes, args.resolution, args.samples, args.num_objects = 2500, 512, 64, 6
+    args.min_objects, args.max_objects = 2, 6
     args.max_steps, args.batch_size, args.lr, args.eval_scenes, args.sampling_steps = 20000, 2, 1e-4, 100, 20
     args.object_weight = 0.0
     args.workers = max(args.workers, 8)
@@ -258,15 +263,16 @@ def run_demo(args: argparse.Namespace) -> int:
     plan: list[tuple[str, dict[str, Any], Path | None, Any]] = [
         (
             "data",
-            {k: getattr(args, k)
-             for k in ("scenes", "resolution", "samples", "objects", "seed", "split", "completion_fraction")},
+            {**{k: getattr(args, k)
+                for k in ("scenes", "resolution", "samples", "seed", "split", "completion_fraction")},
+             "objects": f"{args.min_objects}-{args.max_objects}"},  # as before: finished stages stay done
             data,
             lambda resume: [[
                 "synth", "run", "--out", str(data), "--scenes", str(args.scenes),
                 "--resolution", str(args.resolution),
                 "--samples", str(args.samples), "--seed", str(args.seed), "--workers", str(args.workers),
                 "--split", args.split, "--shard-size", "100",
-                "--min-objects", args.objects.split("-")[0], "--max-objects", args.objects.split("-")[1],
+                "--min-objects", str(args.min_objects), "--max-objects", str(args.max_objects),
                 "--completion-fraction", str(args.completion_fraction),
             ]],
         ),
@@ -341,11 +347,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> None:
-    parts = args.objects.split("-")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 1 <= int(parts[0]) <= int(parts[1]):
-        raise UserError(f"--objects: expected MIN-MAX with 1 <= MIN <= MAX, got {args.objects!r}")
-    if int(parts[1]) > args.num_objects:
-        raise UserError(f"--objects: MAX {parts[1]} exceeds --num-objects {args.num_objects}")
+    if not 1 <= args.min_objects <= args.max_objects:
+        raise UserError(f"--min-objects, --max-objects: expected 1 <= MIN <= MAX, got {args.min_objects}, "
+                        f"{args.max_objects}")
+    if args.max_objects > args.num_objects:
+        raise UserError(f"--max-objects: {args.max_objects} exceeds --num-objects {args.num_objects}")
     for name in ("scenes", "resolution", "max_steps", "batch_size", "val_scenes", "eval_scenes", "fit_scenes",
                  "sampling_steps", "workers", "codec_factor"):
         if getattr(args, name) < 1:

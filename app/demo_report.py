@@ -185,7 +185,8 @@ def build_report(out: Path, args: argparse.Namespace, stage_seconds: dict[str, f
     lines = [
         f"dataset: {totals['samples']} scenes in {totals['shards']} shards, {totals['bytes'] / 1e6:.1f} MB ("
         + ", ".join(f"{split} {v['samples']}" for split, v in sorted(totals["splits"].items()))
-        + f"); seed {args.seed}, {args.resolution}², {args.samples} spp, objects {args.objects}, "
+        + f"); seed {args.seed}, {args.resolution}², {args.samples} spp, "
+        f"objects {args.min_objects}-{args.max_objects}, "
         f"completion fraction {args.completion_fraction}",
         f"training: {args.max_steps} steps, batch {args.batch_size}, lr {args.lr}, K={args.num_objects}, "
         f"object weight {args.object_weight}, slot matching {'on' if args.slot_matching else 'off'}; "

@@ -40,7 +40,7 @@ def bench_persistent_vs_fresh(ray, config, scenes: int) -> tuple[float, float, f
 
     actor = ray.remote(RenderWorker).options(num_cpus=1).remote(config.to_dict(), 1)
     t0 = time.perf_counter()
-    ray.get(actor.pid.remote())  # the actor has imported bpy and built its renderer
+    ray.get(actor.start.remote())  # the actor has imported bpy and built its renderer
     startup = time.perf_counter() - t0
     t0 = time.perf_counter()
     for i in range(scenes):

@@ -1,4 +1,4 @@
-"""Frozen codecs between layer stacks (``cobl.layers`` layout) and the slot latents CObL denoises.
+"""Frozen codecs between layer stacks (``core.layers`` layout) and the slot latents CObL denoises.
 
 Interface shared by both codecs (all differentiable, values in [0, 1] on the image side):
   * ``encode_layers(layers [B,K,4,H,W], background [B,3,H,W]) -> [B,S,C,h,w]`` with S = K + 1, the background

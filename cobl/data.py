@@ -1,6 +1,6 @@
-"""Reading scene shards (``synth.schema`` members) into tensors, for training and evaluation.
+"""Reading scene shards (``core.schema`` members) into tensors, for training and evaluation.
 
-``decode_sample`` turns one WebDataset sample into ``cobl.layers``-layout tensors: non-empty layers in
+``decode_sample`` turns one WebDataset sample into ``core.layers``-layout tensors: non-empty layers in
 front-to-back order (``layer_00`` frontmost), padded with empty slots (alpha 0, ``EMPTY_RGB``) up to K.
 ``make_dataset`` is the streaming pipeline: shards split over nodes (ranks) and DataLoader workers
 (``wds.split_by_node``/``wds.split_by_worker``), shuffled per epoch, samples shuffled in a seeded buffer,

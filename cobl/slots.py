@@ -1,9 +1,10 @@
 """Object-slot orders: which reorderings of a layer stack leave its composite unchanged, and applying one.
 
 Two object layers whose alphas never overlap composite to the same image in either order, so the data's
-front-to-back convention only fixes their order by a depth tie-break (``synth.occlusion``). A slot-matching
-loss (``train.loss``) lets the model choose among these interchangeable orders instead of guessing the
-tie-break; the sampler's order search (``infer.guidance``) applies its permutations with ``permute_slots``.
+front-to-back convention only fixes their order by a depth tie-break (``synth.scene.occlusion``). A
+slot-matching loss (``train.loss``) lets the model choose among these interchangeable orders instead of
+guessing the tie-break; the sampler's order search (``infer.guidance``) applies its permutations with
+``permute_slots``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ RGB = "rgb.png"  # composite photo, 8-bit sRGB RGB, Standard view transform
 BACKGROUND = "bg.png"  # table + world without the objects (clean under them, shadows around them), sRGB RGB
 IDS = "ids.png"  # modal instance map, 8-bit grey: 0 = background, k + 1 = layer k
 DEPTH = "depth.npy"  # float32 [H, W] camera-space depth in metres along the view axis, 0 = no hit
-SCENE = "scene.json"  # the SceneSpec plus derived ground truth (see synth.groundtruth)
+# the SceneSpec plus the derived ground truth (core.groundtruth, computed by synth.render.groundtruth)
+SCENE = "scene.json"
 LAYER_PATTERN = re.compile(r"^layer_(\d{2})\.png$")  # straight-alpha RGBA, layer_00 frontmost
 
 # Human-readable schema for the dataset card: member -> (dtype/format, meaning).

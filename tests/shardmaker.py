@@ -1,8 +1,8 @@
-"""Tiny synthetic scene shards in the ``synth.schema`` layout, for tests (no Blender needed).
+"""Tiny synthetic scene shards in the ``core.schema`` layout, for tests (no Blender needed).
 
 Each scene: 1..max_objects flat coloured shapes (discs and boxes) on a gradient background, drawn with
 numpy; ground-truth amodal layers, front-to-back order, ``ids.png`` and ``rgb.png`` are exact by construction
-(the photo IS the composite of the layers over the background, via ``cobl.layers.composite``).
+(the photo IS the composite of the layers over the background, via ``core.layers.composite``).
 """
 
 from __future__ import annotations

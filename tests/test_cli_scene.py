@@ -19,8 +19,10 @@ def cli(monkeypatch):
     "bad",
     [
         ["--resolution", "0"],
-        ["--objects", "5-2"],
-        ["--objects", "two"],
+        ["--min-objects", "5", "--max-objects", "2"],
+        ["--max-objects", "0"],
+        ["--index", "-1"],
+        ["--seed", "-3"],
         ["--engine", "FOO"],
         ["--samples", "0"],
         ["--min-visible", "1.5"],
@@ -53,8 +55,10 @@ def test_scene_writes_every_file_and_skips_a_corrupt_mesh(cli, tmp_path, capsys)
         48,
         "--samples",
         4,
-        "--objects",
-        "2-3",
+        "--min-objects",
+        2,
+        "--max-objects",
+        3,
         "--assets-dir",
         assets,
         "--threads",
@@ -101,4 +105,21 @@ def test_device_gpu_without_a_gpu_exits_2_with_one_line_and_writes_nothing(tmp_p
 def test_device_must_be_cpu_or_gpu(cli, tmp_path, capsys):
     assert cli("--out", tmp_path / "scene", "--device", "tpu") == 2
     assert capsys.readouterr().err.strip().startswith("cobl: error: --device:")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "new"),
+    [
+        (["synth", "scene", "--objects", "2-3"], "--objects was replaced by --min-objects MIN --max-objects"),
+        (["synth", "run", "--scenes", "2", "--objects", "2-3"], "--objects was replaced by --min-objects"),
+        (["synth", "seed", "--dataset-seed", "3", "--index", "2"], "replaced by `cobl synth scene --seed"),
+    ],
+)
+def test_old_spellings_fail_with_one_line_naming_the_new_one(tmp_path, capsys, argv, new):
+    with pytest.raises(SystemExit) as stop:
+        app.cli.main([*argv, "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert new in err and "\n" not in err, err
     assert list(tmp_path.iterdir()) == []

@@ -12,7 +12,8 @@ from PIL import Image
 from app.cli import main
 from app.report import METRIC_COLUMNS, format_cell
 
-MINI = ["--scenes", "16", "--resolution", "32", "--samples", "4", "--objects", "2-3", "--num-objects", "3",
+MINI = ["--scenes", "16", "--resolution", "32", "--samples", "4", "--min-objects", "2", "--max-objects", "3",
+        "--num-objects", "3",
         "--max-steps", "4", "--batch-size", "2", "--val-scenes", "2", "--eval-scenes", "2",
         "--fit-scenes", "2", "--sampling-steps", "2", "--workers", "1",
         "--split", "train=0.5,val=0.25,test=0.25"]
@@ -141,9 +142,13 @@ def test_stage_resumes_only_under_the_same_options(tmp_path):
 
 
 def test_bad_option_is_one_line_error(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "d"), "--objects", "5-2"]) == 2
+    assert main(["demo", "--out", str(tmp_path / "d"), "--min-objects", "5", "--max-objects", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--objects" in err[0]
+    assert len(err) == 1 and "--min-objects" in err[0]
+    with pytest.raises(SystemExit) as stop:  # the old spelling names the new one
+        main(["demo", "--out", str(tmp_path / "d"), "--objects", "2-3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "replaced by --min-objects MIN" in err[0]
     assert not (tmp_path / "d").exists()
 
 

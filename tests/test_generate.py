@@ -260,6 +260,30 @@ def test_verify_cli_reports_a_corrupt_shard(dataset: Path, tmp_path: Path) -> No
     assert "CORRUPT  val-000000.tar" in proc.stdout and "train-000000.tar" not in proc.stdout
 
 
+def _stored_members(dataset: Path, key: str) -> dict[str, bytes]:
+    """Sample ``key``'s members without the padding layer slots past its own objects."""
+    stored = all_samples(dataset)[key]
+    n = len(json.loads(stored[schema.SCENE])["ground_truth"]["objects"])
+    return {m: b for m, b in stored.items() if schema.layer_index(m) is None or schema.layer_index(m) < n}
+
+
+def test_synth_scene_seed_index_equals_the_sample_of_synth_run_byte_for_byte(dataset: Path, tmp_path: Path):
+    """`cobl synth scene --seed S --index I` with the dataset's options writes exactly the members `cobl synth
+    run --seed S` stored for scene I (scene.json, photo, background, layers, ids, depth: every byte)."""
+    out = tmp_path / "s4"
+    argv = ["synth", "scene", "--seed", "11", "--index", "4", "--resolution", "64", "--samples", "4"]
+    argv += ["--min-objects", "1", "--max-objects", str(SLOTS), "--threads", "1", "--out", str(out)]
+    proc = subprocess.run(
+        [*COBL, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stored = _stored_members(dataset, "s00000004")
+    assert sorted(p.name for p in out.iterdir()) == sorted(stored)
+    for member, data in stored.items():
+        assert (out / member).read_bytes() == data, member
+
+
 def test_one_scene_rerenders_alone_identically(dataset: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
         [*COBL, "synth", "rerender", str(dataset), "--index", "3", "--out", str(tmp_path / "s3"), "--check"],
@@ -271,8 +295,9 @@ def test_one_scene_rerenders_alone_identically(dataset: Path, tmp_path: Path) ->
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "s00000003 vs val-000000.tar: identical" in proc.stdout
-    stored = all_samples(dataset)["s00000003"]
-    assert (tmp_path / "s3" / schema.SCENE).read_bytes() == stored[schema.SCENE]
+    stored = _stored_members(dataset, "s00000003")
+    assert sorted(p.name for p in (tmp_path / "s3").iterdir()) == sorted(stored)
+    assert all((tmp_path / "s3" / m).read_bytes() == b for m, b in stored.items())
 
 
 def test_publish_on_real_renders(dataset: Path, tmp_path: Path) -> None:
@@ -290,6 +315,14 @@ def test_publish_on_real_renders(dataset: Path, tmp_path: Path) -> None:
     assert sum(stats["visible_fraction"]["histogram"]) == stats["objects"]
     assert len(list((copy / "gallery" / "img").iterdir())) == 3
     assert "| train | 3 | 2 |" in (copy / "README.md").read_text()
+    # real scene.json documents load through the card's declared features (no inference), unchanged
+    datasets = pytest.importorskip("datasets")
+    loaded = datasets.load_dataset(str(copy), cache_dir=str(tmp_path / "hf-cache"))
+    rows = {row["__key__"]: row for split in loaded.values() for row in split}
+    truth = {key: json.loads(members[schema.SCENE]) for key, members in all_samples(dataset).items()}
+    assert sorted(rows) == sorted(truth)
+    for key, doc in truth.items():
+        assert rows[key][schema.SCENE] == doc, key
 
 
 def test_a_scene_that_always_fails_stops_the_job_with_an_error(ray_local, tmp_path: Path) -> None:

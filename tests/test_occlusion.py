@@ -51,7 +51,7 @@ def test_min_pixels_and_hidden_object() -> None:
 
 
 def test_agrees_with_the_layer_stack_convention() -> None:
-    # Random amodal masks stacked front to back: cobl.layers.modal_ids gives the ids, so every occlusion edge
+    # Random amodal masks stacked front to back: core.layers.modal_ids gives the ids, so every occlusion edge
     # must point from a lower (nearer) slot to a higher one, and the order is the identity.
     rng = np.random.default_rng(0)
     amodal = rng.random((4, 16, 16)) < 0.4

@@ -1,7 +1,7 @@
 """``cobl synth publish``: dataset card, stats.json and a gallery that renders in headless Chromium.
 
 The dataset here is synthetic but self-consistent (coloured discs composited over a gradient with
-cobl.layers.composite, ground truth in scene.json's layout), so the test needs neither Blender nor Ray.
+core.layers.composite, ground truth in scene.json's layout), so the test needs neither Blender nor Ray.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +23,18 @@ from core import schema
 from core.errors import UserError
 from core.groundtruth import CameraTruth, GroundTruth, ObjectTruth, OcclusionEdge
 from core.layers import composite, to_channels_first, to_channels_last
+from synth.dataset.cost import RunCost
 from synth.dataset.manifest import SHARDS_DIR, Manifest, ShardRecord
 from synth.dataset.plan import GenerationConfig, scene_id
 from synth.dataset.publish import publish
-from synth.dataset.shards import pad_layers, write_shard
+from synth.dataset.shards import iter_shard, pad_layers, write_shard
 
 RES = 48
 SLOTS = 3
 DISC_COLOURS = [(230, 25, 75), (0, 130, 200), (60, 180, 75)]
 CHROMIUM = "/usr/bin/chromium"
+HDRI, HDRI_SCENES = "/hdri/studio.hdr", (4, 5)  # train-000001: after the first samples of every shard
+CORE_SECONDS = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 10.0]  # per scene index
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -92,6 +96,10 @@ def disc_scene(index: int) -> dict[str, bytes]:
         "objects": [
             {"name": f"disc{k}", "asset": {"family": "disc"}, "material": {"kind": "plain"}} for k in range(n)
         ],
+        # an HDRI world only in later samples (none of each shard's first ones has one)
+        "world": {"kind": "hdri", "strength": 1.0, "hdri_path": HDRI}
+        if index in HDRI_SCENES
+        else {"kind": "sky", "strength": 1.0, "hdri_path": None},
     }
     depth = io.BytesIO()
     np.save(depth, np.where(ids > 0, 1.0 + ids, 3.0).astype(np.float32), allow_pickle=False)
@@ -113,15 +121,21 @@ def make_dataset(root: Path, n: int = 8) -> GenerationConfig:
         resolution=RES,
         splits={"train": 0.75, "val": 0.25},
         shard_size=4,
-        sampler={"max_objects": SLOTS},
+        sampler={"max_objects": SLOTS, "min_object_area": 0.025, "check_res": 48},
     )
     manifest = Manifest(config=config.to_dict())
     for plan in config.plan():
         samples = [(scene_id(i), pad_layers(disc_scene(i), SLOTS)) for i in plan.scenes]
         count, size, digest = write_shard(root / SHARDS_DIR / plan.name, samples)
         manifest.shards[plan.name] = ShardRecord(
-            plan.name, plan.split, plan.index, count, size, digest, samples[0][0], samples[-1][0]
-        )
+            plan.name, plan.split, plan.index, count, size, digest, samples[0][0], samples[-1][0],
+            core_seconds=[CORE_SECONDS[i % len(CORE_SECONDS)] for i in plan.scenes],
+        )  # fmt: skip
+    manifest.runs = [
+        RunCost(workers=2, scenes_rendered=3, seconds=4.0, worker_restarts=1,
+                failed_attempts={"worker lost (ActorDiedError)": 2}),
+        RunCost(workers=2, scenes_rendered=n - 3, seconds=6.0, failed_attempts={"SamplingError": 1}),
+    ]  # a killed run and its resumption  # fmt: skip
     manifest.complete = True
     manifest.save(root)
     return config
@@ -247,6 +261,123 @@ def test_card_front_matter_loads_every_split_with_datasets(published: Path, tmp_
                 row[schema.SCENE]["ground_truth"]["order"]
                 == json.loads(truth[schema.SCENE])["ground_truth"]["order"]
             )
+            hdri = row[schema.SCENE]["spec"]["world"]["hdri_path"]
+            assert hdri == (HDRI if i in HDRI_SCENES else None), (i, hdri)
+
+
+def test_without_the_card_features_datasets_infers_them_and_fails_on_later_hdris(
+    published: Path, tmp_path: Path
+) -> None:
+    """The premise of the test above: the same folder without `dataset_info` in the card's header makes
+    `datasets` infer the features from the first samples (no HDRI: a null type), and the later samples
+    that have an HDRI path fail to load."""
+    yaml = pytest.importorskip("yaml")
+    datasets = pytest.importorskip("datasets")
+    copy = tmp_path / "no-features"
+    shutil.copytree(published, copy)
+    _, header, body = (copy / "README.md").read_text().split("---\n", 2)
+    meta = yaml.safe_load(header)
+    assert meta.pop("dataset_info")["features"]
+    (copy / "README.md").write_text("---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n" + body)
+    with pytest.raises(datasets.exceptions.DatasetGenerationError):
+        datasets.load_dataset(str(copy), cache_dir=str(tmp_path / "hf-cache"))
+
+
+CROISSANT_RECORDS = """
+import hashlib, json, sys
+import mlcroissant as mlc
+dataset = mlc.Dataset(sys.argv[1])
+out = {}
+for split in sys.argv[2:]:
+    rows = out[split] = []
+    for record in dataset.records(split):
+        key, member = (record[f"{split}/{f}"].decode() for f in ("key", "member"))
+        rows.append([key, member, hashlib.sha256(record[f"{split}/content"]).hexdigest()])
+print(json.dumps(out))
+"""
+
+
+def test_croissant_records_rebuild_every_sample(published: Path, tmp_path: Path) -> None:
+    """`mlcroissant` yields, per split, records that carry each tar member's sample key intact, its member
+    name and its bytes: grouped by key they are exactly the shards' samples. (Run with its own
+    CROISSANT_CACHE: mlcroissant keeps extracted tars by URL, and a reused temporary path would be read
+    from an earlier run's extraction.)"""
+    pytest.importorskip("mlcroissant")
+    import hashlib
+
+    env = dict(os.environ, CROISSANT_CACHE=str(tmp_path / "croissant-cache"))
+    run = subprocess.run(
+        [sys.executable, "-c", CROISSANT_RECORDS, str(published / "croissant.json"), "train", "val"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    records = json.loads(run.stdout.strip().splitlines()[-1])
+    manifest = Manifest.load(published)
+    for split, rows in records.items():
+        rebuilt: dict[str, dict[str, str]] = {}
+        for key, member, digest in rows:
+            assert member not in rebuilt.setdefault(key, {}), (key, member)
+            rebuilt[key][member] = digest
+        stored = {
+            key: {m: hashlib.sha256(data).hexdigest() for m, data in members.items()}
+            for rec in manifest.shards.values()
+            if rec.split == split
+            for key, members in iter_shard(published / SHARDS_DIR / rec.name)
+        }
+        assert len(stored) == {"train": 6, "val": 2}[split]
+        assert rebuilt == stored, split
+
+
+def test_card_and_publish_show_the_cost_and_the_minimum_object_area(
+    published: Path, tmp_path: Path, capsys
+) -> None:
+    """The card states the manifest's cost figures and the sampler's minimum object area;
+    `cobl synth publish` prints the cost."""
+    card = (published / "README.md").read_text()
+    cores = np.asarray(CORE_SECONDS)
+    assert "8 scenes rendered in 10.0 s of wall time over 2 run(s) (0.800 scenes/s)" in card
+    assert f"median {np.median(cores):.2f}, p95 {np.percentile(cores, 95):.2f}" in card
+    assert (
+        "Blender worker restarts: 1; worker start failures: 0; failed scene attempts: 3 "
+        "(SamplingError 1, worker lost (ActorDiedError) 2)" in card
+    )
+    assert "covers at least 2.50% of the image: the sampler's `min_object_area` = 0.025" in card
+    cost = json.loads((published / "manifest.json").read_text())["cost"]
+    assert cost["scenes_per_second"] == 0.8 and cost["core_seconds_per_scene"]["median"] == np.median(cores)
+    assert cost["failure_causes"] == {"SamplingError": 1, "worker lost (ActorDiedError)": 2}
+
+    from app.cli import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(published, copy)
+    assert main(["synth", "publish", str(copy)]) == 0
+    printed = capsys.readouterr().out
+    assert "(0.800 scenes/s)" in printed and "failed scene attempts: 3" in printed
+    assert f"p95 {np.percentile(cores, 95):.2f}" in printed
+
+
+def test_the_card_command_rebuilds_the_generation_config(tmp_path: Path) -> None:
+    """The card's `cobl synth run ... --sampler-config sampler.json` (sampler.json = manifest.json's
+    config.sampler) gives back exactly the recorded generation config, so the shards come out the same."""
+    import shlex
+
+    from app.cli import COMMAND_MODULES
+    from app.parser import build_parser
+    from app.synth_options import generation_config
+    from synth.dataset.plan import make_config, parse_splits
+    from synth.dataset.publish import _command
+
+    config = make_config(
+        20, seed=5, resolution=48, samples=3, splits={"train": 0.5, "val": 0.5}, shard_size=4,
+        sampler_overrides={"min_objects": 2, "max_objects": 3, "completion_fraction": 0.5, "min_visible": 0.3,
+                           "denoise": True, "lights": [2, 2]},
+    )  # fmt: skip
+    (tmp_path / "sampler.json").write_text(json.dumps(config.sampler))
+    argv = shlex.split(_command(config).replace("sampler.json", str(tmp_path / "sampler.json")))
+    assert argv[:3] == ["cobl", "synth", "run"]
+    args = build_parser(COMMAND_MODULES).parse_args(argv[1:])
+    plan = {"splits": parse_splits(args.split), "shard_size": args.shard_size}
+    assert generation_config(args, args.scenes, **plan) == config
 
 
 def test_publish_refuses_a_corrupt_dataset(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def diffusion_loss(
     by empty slots and the background and the layers are learnt last.
 
     ``hidden_weight`` W_h > 0 adds W_h under the hidden parts of objects (amodal alpha minus visible weight,
-    ``cobl.layers.visible_weights``, union over slots): the few pixels amodal completion is about.
+    ``core.layers.visible_weights``, union over slots): the few pixels amodal completion is about.
 
     ``slot_matching`` compares the prediction with the closest of the target's interchangeable slot orders
     (``cobl.slots``: objects whose layers do not overlap composite the same in any order), as permutation-

@@ -24,7 +24,7 @@ from typing import Any
 from core import schema
 from synth.dataset.datasheet import Datasheet, description, license_url, rai
 from synth.dataset.manifest import SHARDS_DIR, Manifest, ShardRecord
-from synth.dataset.plan import GenerationConfig
+from synth.dataset.plan import SCENE_ID_REGEX, GenerationConfig
 
 CROISSANT = "croissant.json"
 CONFORMS_TO = ["http://mlcommons.org/croissant/1.0", "http://mlcommons.org/croissant/RAI/1.0"]
@@ -67,6 +67,12 @@ CONTEXT: dict[str, Any] = {
     "subField": "cr:subField",
     "transform": "cr:transform",
 }
+# The sample key and the member name of a tar member ``s00000042.layer_03.png``. mlcroissant 1.1 applies a
+# field's transform to the column it reads in place, and more than once: so each regex gives back its own
+# output unchanged, and the two fields read different columns (file name, full path); with one shared
+# column and plain regexes the key came out as the member kind ("bg") and the member as the extension.
+KEY_REGEX = rf"^(?:.*/)?({SCENE_ID_REGEX})(?:\..*)?$"
+MEMBER_REGEX = rf"^(?:.*/)?(?:{SCENE_ID_REGEX}\.)?(.*)$"
 MEDIA_TYPES = {".png": "image/png", ".npy": "application/x-npy", ".json": "application/json"}
 
 
@@ -179,14 +185,14 @@ def croissant_metadata(sheet: Datasheet, manifest: Manifest, shards: list[ShardR
                         "key",
                         "sc:Text",
                         "Sample key = scene id s{index:08d}.",
-                        source=_from_files(files, "filename", r"^([^.]+)\..*$"),
+                        source=_from_files(files, "filename", KEY_REGEX),
                     ),
                     _field(
                         split,
                         "member",
                         "sc:Text",
                         "Member name (rgb.png, bg.png, layer_XX.png, ids.png, depth.npy, scene.json).",
-                        source=_from_files(files, "filename", r"^[^.]+\.(.*)$"),
+                        source=_from_files(files, "fullpath", MEMBER_REGEX),
                         references={"field": {"@id": "members/name"}},
                     ),
                     _field(

@@ -95,8 +95,8 @@ def rai(config: dict[str, Any]) -> dict[str, Any]:
         "dataCollectionRawData": "None: every sample is rendered; the generation config in manifest.json "
         "and the per-scene seed reproduce it byte for byte.",
         "dataAnnotationProtocol": "No human annotation: layers, instance map, depth, occlusion graph and "
-        "visible fractions are computed by the renderer and synth.groundtruth from the scene itself.",
-        "machineAnnotationTools": ["Blender (Cycles)", "cobl synth (synth.groundtruth)"],
+        "visible fractions are computed by the renderer and synth.render.groundtruth from the scene itself.",
+        "machineAnnotationTools": ["Blender (Cycles)", "cobl synth (synth.render.groundtruth)"],
         "personalSensitiveInformation": "None. The scenes contain no people, faces, text written by "
         "people, locations or any personal data.",
         "dataUseCases": "Training and evaluating amodal scene decomposition: predicting occlusion-ordered "

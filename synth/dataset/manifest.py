@@ -1,5 +1,6 @@
 """``DIR/manifest.json``: the record of a dataset — every finished shard with its checksum, totals, the
-generator version and the full generation config — and ``verify``, which re-checks the shards against it.
+generator version, the full generation config and what rendering it cost (synth.dataset.cost) — and
+``verify``, which re-checks the shards against it.
 
 The manifest is rewritten atomically each time a shard completes, so after a kill it lists exactly the shards
 that were finished; a resumed job trusts a shard only if its bytes still hash to the recorded sha256.
@@ -15,6 +16,7 @@ from typing import Any
 
 from core.atomic import write_text_atomic
 from core.errors import UserError
+from synth.dataset.cost import RunCost, summarize
 from synth.dataset.plan import GenerationConfig  # the plan says which shards should exist
 from synth.dataset.shards import sha256_file
 
@@ -43,6 +45,7 @@ class ShardRecord:
     sha256: str
     first_key: str
     last_key: str
+    core_seconds: list[float] = field(default_factory=list)  # per scene, in key order (synth.dataset.cost)
 
 
 @dataclass
@@ -51,6 +54,11 @@ class Manifest:
     shards: dict[str, ShardRecord] = field(default_factory=dict)
     generator: str = field(default_factory=generator_version)
     complete: bool = False
+    runs: list[RunCost] = field(default_factory=list)  # one per `cobl synth run` invocation
+
+    def cost(self) -> dict[str, Any]:
+        """Throughput, core-seconds per scene (over the finished shards), restarts and failures."""
+        return summarize(self.runs, (c for rec in self.shards.values() for c in rec.core_seconds))
 
     def totals(self) -> dict[str, Any]:
         per_split: dict[str, dict[str, int]] = {}
@@ -74,7 +82,9 @@ class Manifest:
             "generator": self.generator,
             "complete": self.complete,
             "totals": self.totals(),
+            "cost": self.cost(),
             "config": self.config,
+            "runs": [asdict(r) for r in self.runs],
             "shards": [asdict(r) for r in shards],
         }
 
@@ -99,6 +109,7 @@ class Manifest:
                 shards=shards,
                 generator=data["generator"],
                 complete=bool(data.get("complete")),
+                runs=[RunCost.from_dict(r) for r in data.get("runs", [])],  # none before cost records
             )
         except (KeyError, TypeError) as err:
             raise UserError(f"{path}: malformed shard record or missing field ({err})") from None

@@ -39,6 +39,9 @@ def scene_seed(dataset_seed: int, index: int, attempt: int = 0) -> int:
     return int(state >> np.uint64(1))
 
 
+SCENE_ID_REGEX = r"s\d{8}"  # what scene_id writes (croissant.json's record fields match it)
+
+
 def scene_id(index: int) -> str:
     """The WebDataset key of scene ``index`` (no dots, sorts in index order)."""
     return f"s{index:08d}"

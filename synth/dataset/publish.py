@@ -18,6 +18,7 @@ from core import schema
 from core.atomic import write_text_atomic
 from core.errors import UserError
 from synth.dataset.card import front_matter, hub_section
+from synth.dataset.cost import cost_lines
 from synth.dataset.croissant import CROISSANT, croissant_metadata
 from synth.dataset.datasheet import DEFAULT_CREATOR, DEFAULT_LICENSE, Datasheet
 from synth.dataset.gallery import write_gallery
@@ -106,14 +107,30 @@ def _fmt_bytes(n: int) -> str:
 
 
 def _command(config: GenerationConfig) -> str:
+    """The command that renders these shards again, byte for byte (sampler.json: manifest.json's
+    ``config.sampler``, which holds every sampler setting, flagged or not)."""
     split = ",".join(f"{k}={v:g}" for k, v in config.splits.items())
+    sampler = config.sampler_config()
+    flags = [
+        f"--out DIR --scenes {config.num_scenes} --seed {config.seed} --resolution {config.resolution}",
+        f"--samples {config.samples} --engine {config.engine} --device {config.device}",
+        f"--split {split} --shard-size {config.shard_size}",
+        f"--min-objects {sampler.min_objects} --max-objects {sampler.max_objects}",
+    ]
+    if sampler.completion_fraction:
+        flags.append(f"--completion-fraction {sampler.completion_fraction:g}")
+    return "cobl synth run " + " ".join(flags) + " --sampler-config sampler.json"
+
+
+def _sampling_line(config: GenerationConfig) -> str:
+    """The smallest object the sampler allowed, as the manifest's generation config records it."""
+    area = config.sampler.get("min_object_area")
+    if area is None:
+        return "- minimum object area: not recorded in this manifest's sampler config"
+    check = config.sampler.get("check_res", "?")
     return (
-        f"cobl synth run --out DIR --scenes {config.num_scenes} --seed {config.seed} "
-        f"--resolution {config.resolution} "
-        f"--samples {config.samples} --engine {config.engine} --split {split} "
-        f"--shard-size {config.shard_size} --max-objects {config.layer_slots}"
-        + (f" --completion-fraction {fraction:g}" if (fraction := config.sampler.get("completion_fraction"))
-           else "")
+        f"- every object's amodal mask covers at least {area:.2%} of the image: the sampler's "
+        f"`min_object_area` = {area:g} (measured at its {check}² check resolution)"
     )
 
 
@@ -131,13 +148,14 @@ def dataset_card(title: str, manifest: Manifest, stats: dict[str, Any], extra: l
         "amodally complete RGBA object layers (front to back) and a clean background, "
         "plus the modal instance map,",
         "depth and the full scene description. Layers composite back to the photo with the standard *over*",
-        "operator (`cobl.layers.composite`).",
+        "operator (`core.layers.composite`).",
         "",
         f"- **{stats['scenes']} scenes**, {res}x{res} px, {config.samples} samples/px ({config.engine}), "
         f"{totals['shards']} WebDataset shards, {_fmt_bytes(totals['bytes'])}",
         f"- generator: `{manifest.generator}`; dataset seed {config.seed}",
         f"- {slots} layer slots per sample (the most objects a scene can have); unused "
         f"slots are fully transparent",
+        _sampling_line(config),
         "",
         "## Files",
         "",
@@ -167,7 +185,7 @@ def dataset_card(title: str, manifest: Manifest, stats: dict[str, Any], extra: l
         "",
         f"All images are {res}x{res}. `layer_k.png` is straight (not premultiplied) "
         f"alpha; where alpha is 0 its RGB is",
-        'the neutral grey `cobl.layers.EMPTY_RGB`. `scene.json` is `{"spec": SceneSpec, '
+        'the neutral grey `core.layers.EMPTY_RGB`. `scene.json` is `{"spec": SceneSpec, '
         '"ground_truth": {...}}`',
         "with, per layer, the object name, pass index, amodal/modal pixel counts and "
         "boxes, `visible_fraction`",
@@ -264,6 +282,8 @@ def dataset_card(title: str, manifest: Manifest, stats: dict[str, Any], extra: l
             "Material kinds: " + ", ".join(f"{k} {v}" for k, v in stats["material_kinds"].items()) + ".",
         ]
     first = next(iter(totals["splits"]), "train")
+    lines += ["", "## What it cost to render", "", *(f"- {line}" for line in cost_lines(manifest.cost()))]
+    lines += ["", "(`manifest.json`: `cost`, and per run `runs`; per scene `shards[].core_seconds`.)"]
     lines += [
         "",
         "## Loading",
@@ -324,14 +344,15 @@ def dataset_card(title: str, manifest: Manifest, stats: dict[str, Any], extra: l
         _command(config),
         "```",
         "",
+        "where `sampler.json` is `manifest.json`'s `config.sampler` (every sampler setting; e.g.",
+        "`jq .config.sampler DIR/manifest.json > sampler.json`). The same command gives byte-identical",
+        "shards.",
+        "",
         "Scene `i` has id `s{i:08d}` and seed `scene_seed(SEED, i)` = the first 64-bit word of numpy",
-        "`SeedSequence([SEED, i]).generate_state(1, uint64)`, shifted right by one bit "
-        "(`synth.dataset.plan.scene_seed`;",
-        "`cobl synth seed --dataset-seed SEED --index i` prints it), so any scene "
-        "re-renders alone and the same",
-        "command gives byte-identical shards. The full generation config, including "
-        "every sampler setting, is in",
-        "`manifest.json` under `config`.",
+        "`SeedSequence([SEED, i]).generate_state(1, uint64)`, shifted right by one bit",
+        "(`synth.dataset.plan.scene_seed`; its `scene.json` records the seed used). Any scene re-renders",
+        "alone: `cobl synth scene --seed SEED --index i` with the options above writes exactly its sample's",
+        "members, and `cobl synth rerender DIR --index i --check` does so from the manifest and compares.",
         "",
     ]
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """WebDataset shards: deterministic tar writing, reading with nothing but ``tarfile``, and shard names.
 
 A shard is a plain (uncompressed) tar whose members are ``{key}.{member}`` for every member of
-:func:`synth.schema.member_names` — ``s00000042.rgb.png``, ``s00000042.layer_03.png``, ... — so every
+:func:`core.schema.member_names` — ``s00000042.rgb.png``, ``s00000042.layer_03.png``, ... — so every
 WebDataset reader groups them into one sample per scene key.
 
 We write with :mod:`tarfile` directly rather than ``webdataset.TarWriter`` because the writer sorts members
@@ -43,7 +43,7 @@ def parse_shard_name(name: str) -> tuple[str, int] | None:
 
 @functools.lru_cache(maxsize=16)
 def empty_layer_png(width: int, height: int) -> bytes:
-    """A fully transparent RGBA PNG (RGB = cobl.layers.EMPTY_RGB): the content of a slot with no object."""
+    """A fully transparent RGBA PNG (RGB = core.layers.EMPTY_RGB): the content of a slot with no object."""
     rgb = tuple(int(np.round(c * 255.0)) for c in EMPTY_RGB)
     buf = io.BytesIO()
     Image.new("RGBA", (width, height), (*rgb, 0)).save(buf, format="PNG")

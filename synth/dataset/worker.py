@@ -1,7 +1,8 @@
 """The render worker: one long-lived Blender per process, so bpy's start-up is paid once, not once per scene.
 
-``RenderWorker`` is a plain class; the driver wraps it with ``ray.remote`` (with restarts and task retries).
-``render_sample`` is the whole per-scene job and is shared by the actor, the benchmark and one-off re-renders.
+``RenderWorker`` is a plain class; the driver wraps it with ``ray.remote``. ``render_sample`` is the whole
+per-scene job (shared by the actor and the benchmark): ``synth.dataset.scenes.render_scene``, which one-off
+scenes and re-renders use too, padded to the dataset's layer slots.
 """
 
 from __future__ import annotations
@@ -10,21 +11,14 @@ import os
 import time
 from typing import Any
 
-from core import schema
-from synth.dataset.plan import GenerationConfig, dataset_scene_spec, scene_id
+from synth.dataset.plan import GenerationConfig, scene_id
+from synth.dataset.scenes import render_scene
 from synth.dataset.shards import pad_layers
-from synth.render.groundtruth import scene_json
 
 
 def render_sample(renderer: Any, config: GenerationConfig, index: int) -> dict[str, bytes]:
     """Sample and render scene ``index``; return its shard members with ``config.layer_slots`` layer slots."""
-    # threads stay out of the spec (and so out of scene.json): the renderer pins them for its process
-    spec = dataset_scene_spec(config, index)
-    rendered = renderer.render(spec)
-    files = dict(rendered.files)
-    if schema.SCENE not in files:
-        files[schema.SCENE] = scene_json(spec, rendered.ground_truth)
-    return pad_layers(files, config.layer_slots)
+    return pad_layers(render_scene(renderer, config, index).files, config.layer_slots)
 
 
 CACHED_MODULES = ("assets.shapes", "assets.meshes", "synth.scene.sampler", "synth.scene.geometry")
@@ -66,28 +60,51 @@ def _node_id() -> str:
         return ""
 
 
+class WorkerStartError(RuntimeError):
+    """A render worker could not start on its node (its Blender, or the GPU it was given, is unusable).
+
+    Raised by :meth:`RenderWorker.start` inside the actor, so the driver learns which node it was on and
+    can stop placing workers there (synth.dataset.pool)."""
+
+    def __init__(self, node: str, cause: str):
+        super().__init__(node, cause)
+        self.node, self.cause = node, cause
+
+    def __str__(self) -> str:
+        return self.cause
+
+
 class RenderWorker:
-    """Owns one BlenderRenderer for the life of the process; ``render(index)`` returns one scene's members."""
+    """Owns one BlenderRenderer for the life of the process; ``render(index)`` returns one scene's members.
+
+    The renderer is made by :meth:`start` (the driver's probe that the actor is placed and usable), not in
+    the constructor: a constructor that fails leaves Ray's actor dead without saying where it ran."""
 
     def __init__(self, config: dict[str, Any], threads: int = 0):
-        from synth.render.blender.renderer import BlenderRenderer
-
         self.config = GenerationConfig.from_dict(config)
         self.threads = threads
-        self.renderer = BlenderRenderer(threads=threads, device=self.config.device)
+        self.renderer: Any = None
         self.count = 0
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def where(self) -> tuple[int, str]:
-        """(pid, Ray node id) of this actor: the driver's probe that it has been placed and started."""
-        import ray
+        """(pid, Ray node id): the driver's probe that the actor is placed and its process runs (cheap: the
+        placement is known before Blender starts, so a slow start-up does not count as no placement)."""
+        return os.getpid(), _node_id()
 
-        return os.getpid(), ray.get_runtime_context().get_node_id()
+    def start(self) -> tuple[int, str]:
+        """Start Blender on the configured device; (pid, Ray node id). WorkerStartError when it cannot."""
+        from synth.render.blender.renderer import BlenderRenderer
+
+        if self.renderer is None:
+            try:
+                self.renderer = BlenderRenderer(threads=self.threads, device=self.config.device)
+            except Exception as err:  # any failure to start is reported, with its node, to the driver
+                raise WorkerStartError(_node_id(), f"{type(err).__name__}: {err}") from err
+        return os.getpid(), _node_id()
 
     def render(self, index: int) -> dict[str, Any]:
-        t0 = time.perf_counter()
+        self.start()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         try:
             members = render_sample(self.renderer, self.config, index)
         finally:
@@ -100,6 +117,7 @@ class RenderWorker:
             "pid": os.getpid(),
             "node": _node_id(),
             "seconds": time.perf_counter() - t0,
+            "core_seconds": time.process_time() - cpu0,  # every Cycles thread of this process
             "rss_mb": rss_mb(),
             "count": self.count,
         }

@@ -2,8 +2,8 @@
 
 The renderer hands over, per scene, linear premultiplied RGBA renders (the photo, the background and one
 amodal render per object, in spec order), the Object Index pass and the depth pass. This module decides the
-front-to-back order (from the rendered amodal masks and the modal ids, via synth.occlusion; ties by depth),
-encodes the 8-bit files of synth.schema, and measures how well the layers recomposite to the photo.
+front-to-back order (from the rendered amodal masks and the modal ids, via synth.scene.occlusion; ties by
+depth), encodes the 8-bit files of core.schema, and measures how well the layers recomposite to the photo.
 """
 
 from __future__ import annotations
@@ -26,6 +26,25 @@ from synth.render.regions import mask_box
 from synth.render.scene_dir import RenderedScene
 
 NO_HIT_DEPTH = 1e9  # Blender writes ~1e10 where a camera ray hits nothing
+
+# What the Blender renderer records in scene.json's ``ground_truth.render``, typed for readers that need a
+# schema up front (the dataset card's Hugging Face features, synth.dataset.features).
+RENDER_INFO_FIELDS: dict[str, Any] = {
+    "engine": str,
+    "samples": int,
+    "denoise": bool,
+    "seed": int,
+    "view_transform": str,
+    "look": str,
+    "exposure": float,
+    "gamma": float,
+    "blender": str,
+    "device": str,
+    "layer_renders": int,
+    "boxes": tuple[tuple[int, ...] | None, ...],  # per object: its projected region's box, or None
+    "background_renders": int,
+    "background": str,
+}
 
 
 def srgb_encode(linear: np.ndarray) -> np.ndarray:
@@ -62,7 +81,7 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 
 def recomposite(layers_rgba8: list[np.ndarray], bg_rgb8: np.ndarray) -> np.ndarray:
-    """Composite 8-bit straight RGBA layers (front first) over the background with cobl.layers.composite."""
+    """Composite 8-bit straight RGBA layers (front first) over the background with core.layers.composite."""
     bg = to_channels_first(bg_rgb8.astype(np.float64) / 255.0)
     if not layers_rgba8:
         return bg
@@ -136,9 +155,10 @@ def assemble(
     for k, i in enumerate(order):
         spec_to_layer[i + 1] = k + 1
     ids = spec_to_layer[modal_spec].astype(np.uint8)
-    layers = [layers_spec[i] for i in order]
     rgb8 = srgb_encode(photo[..., :3])
-    bg8 = fit_background(layers, rgb8, srgb_encode(background[..., :3]))
+    clean8 = srgb_encode(background[..., :3])
+    layers = settle_edges([layers_spec[i] for i in order], rgb8, clean8)
+    bg8 = fit_background(layers, rgb8, clean8)
     depth = np.where(depth_pass < NO_HIT_DEPTH, depth_pass, 0.0).astype(np.float32)
 
     recomposed = recomposite(layers, bg8)
@@ -197,6 +217,47 @@ def assemble(
     files[schema.DEPTH] = buf.getvalue()
     files[schema.SCENE] = scene_json(spec, ground_truth)
     return RenderedScene(scene_id=spec.scene_id, files=files, ground_truth=ground_truth)
+
+
+def settle_edges(layers8: list[np.ndarray], photo8: np.ndarray, clean8: np.ndarray) -> list[np.ndarray]:
+    """The layers (8-bit straight RGBA, front first) with the colours of their antialiased edge pixels set so
+    that, over the clean table ``clean8``, they composite to the photo wherever a colour in [0, 1] can.
+
+    At a silhouette pixel the photo mixes the object with the table *as the photo shows it* (darkened by
+    the object's own contact shadow, which the clean table lacks) and mixes in linear light where the files
+    composite in sRGB. Left to the background alone (:func:`fit_background`), that difference, divided by
+    the transmittance, drew a dark or tinted one-pixel outline of every silhouette into bg.png. Here the
+    edge pixel's layer colour takes it instead: the layer carries what belongs to its object, the background
+    stays the clean table. A colour can move the composite by at most its weight times its 0..1 range, so
+    at faint edges over a dark contact shadow some difference is left for :func:`fit_background`. Layers
+    are settled front to back, each rounded to 8 bits before the next takes what is left (rounding
+    included). Opaque and empty pixels keep their colour.
+    """
+    if not layers8:
+        return layers8
+    photo = np.asarray(photo8, np.float64)[..., :3] / 255.0
+    clean = np.asarray(clean8, np.float64)[..., :3] / 255.0
+    alphas = [np.asarray(lay, np.float64)[..., ALPHA_CHANNEL] / 255.0 for lay in layers8]
+    weights, transmit = [], np.ones(photo.shape[:2])
+    for alpha in alphas:
+        weights.append(transmit * alpha)  # how much of layer k reaches the photo
+        transmit = transmit * (1.0 - alpha)
+    colours = [np.asarray(lay, np.float64)[..., :3] / 255.0 for lay in layers8]
+    residual = photo - sum(w[..., None] * c for w, c in zip(weights, colours, strict=True))
+    residual -= transmit[..., None] * clean
+    out = []
+    for lay, alpha, weight, colour in zip(layers8, alphas, weights, colours, strict=True):
+        edge = (alpha > 0) & (alpha < 1) & (weight > 0)
+        if not edge.any():
+            out.append(lay)
+            continue
+        w = weight[edge][:, None]
+        settled8 = np.round(np.clip(colour[edge] + residual[edge] / w, 0.0, 1.0) * 255.0)
+        residual[edge] -= w * (settled8 / 255.0 - colour[edge])
+        new = np.array(lay, copy=True)
+        new[..., :3][edge] = settled8.astype(np.uint8)
+        out.append(new)
+    return out
 
 
 def fit_background(layers8: list[np.ndarray], photo8: np.ndarray, prior8: np.ndarray) -> np.ndarray:

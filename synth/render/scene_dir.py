@@ -1,6 +1,6 @@
-"""One rendered scene in memory (RenderedScene) and on disk (a directory of synth.schema files).
+"""One rendered scene in memory (RenderedScene) and on disk (a directory of core.schema files).
 
-A scene directory is written under a temporary name and renamed when complete (cobl.atomic), so a killed
+A scene directory is written under a temporary name and renamed when complete (core.atomic), so a killed
 job never leaves a half-written scene under its final name.
 """
 
