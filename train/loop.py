@@ -37,7 +37,8 @@ from train.common import CHECKPOINT_DIR, SimulatedKill, stop_if_asked
 from train.options import TrainOptions
 from train.validate import CURVE_METRICS
 
-__all__ = ["CHECKPOINT_DIR", "CURVE_METRICS", "VAL_CURVE", "SimulatedKill", "export_pipeline", "train"]
+__all__ = ["CHECKPOINT_DIR", "CURVE_METRICS", "VAL_CURVE", "SimulatedKill", "TrainingRun", "export_pipeline",
+           "prepare_run", "train"]
 
 VAL_CURVE = "val_curve.jsonl"  # a line per learning-curve point; a resumed run may repeat a step (last wins)
 
@@ -65,7 +66,7 @@ def resolve_recipe(opts: TrainOptions, config) -> TrainOptions:
 
 
 @dataclass
-class _Run:
+class TrainingRun:
     """What one training process holds."""
 
     opts: TrainOptions
@@ -91,12 +92,18 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
     ``pipeline``: on the main process, the ``CObLPipeline`` around the in-process model that was exported to
     ``final`` (None on the other ranks; with ``ema`` its model holds the raw weights again afterwards, the
     export the EMA ones)."""
-    opts, config, urls = _checked(opts)
-    run = _setup(opts, config)
+    run, urls = prepare_run(opts)
     global_step, samples_seen, data_state = _resume(run)
     stream = _open_stream(run, urls, samples_seen, data_state)
     losses, global_step = _loop(run, urls, stream, global_step, stop_after_steps)
     return _export(run, global_step, losses, stream.skipped())
+
+
+def prepare_run(opts: TrainOptions) -> tuple[TrainingRun, list[str]]:
+    """The model, codec, optimizer and accelerator of ``opts`` as ``train`` builds them, and the shard list
+    (``bench/bench_loop.py`` times the model step on them)."""
+    opts, config, urls = _checked(opts)
+    return _setup(opts, config), urls
 
 
 def _checked(opts: TrainOptions) -> tuple[TrainOptions, Any, list[str]]:
@@ -124,7 +131,7 @@ def _checked(opts: TrainOptions) -> tuple[TrainOptions, Any, list[str]]:
     return opts, config, urls
 
 
-def _setup(opts: TrainOptions, config) -> _Run:
+def _setup(opts: TrainOptions, config) -> TrainingRun:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
@@ -156,11 +163,11 @@ def _setup(opts: TrainOptions, config) -> _Run:
         trained = accelerator.unwrap_model(model).trainable_parameters()
         ema = make_ema(trained, opts.ema_decay, accelerator.device)
         accelerator.register_for_checkpointing(ema)
-    return _Run(opts, config, out, accelerator, model, codec, noise_scheduler, optimizer, lr_scheduler, ema,
-                params)
+    return TrainingRun(opts, config, out, accelerator, model, codec, noise_scheduler, optimizer, lr_scheduler,
+                       ema, params)
 
 
-def _resume(run: _Run) -> tuple[int, int | None, dict[str, Any] | None]:
+def _resume(run: TrainingRun) -> tuple[int, int | None, dict[str, Any] | None]:
     """(step, samples seen or None when unknown, this rank's data state) of the checkpoint to resume."""
     from train.common import find_checkpoint, load_checkpoint
 
@@ -178,7 +185,7 @@ def _resume(run: _Run) -> tuple[int, int | None, dict[str, Any] | None]:
 class _CachedStream:
     """Batches of prepared examples (``cobl.cache``), in the seeded order of ``cached_batches``."""
 
-    def __init__(self, store, run: _Run, samples_seen: int):
+    def __init__(self, store, run: TrainingRun, samples_seen: int):
         from cobl.cache import cached_batches
 
         acc = run.accelerator
@@ -203,7 +210,7 @@ class _CachedStream:
 class _ImageStream:
     """The streaming image path: shards decoded by DataLoader workers, positions recorded for resume."""
 
-    def __init__(self, urls: list[str], run: _Run, data_state: dict[str, Any] | None):
+    def __init__(self, urls: list[str], run: TrainingRun, data_state: dict[str, Any] | None):
         from cobl.data import batches, make_dataset, make_loader
 
         opts, config = run.opts, run.config
@@ -253,7 +260,7 @@ class _ImageStream:
         del self.batches, self.loader_iter  # shuts the (endless) DataLoader workers down
 
 
-def _open_stream(run: _Run, urls: list[str], samples_seen: int | None, data_state):
+def _open_stream(run: TrainingRun, urls: list[str], samples_seen: int | None, data_state):
     """The cached stream (filled or reused now) or, with ``--cache off``, the streaming image path."""
     from cobl.cache import CacheSpec, choose_tier, disk_store, memory_store
 
@@ -281,7 +288,7 @@ def _open_stream(run: _Run, urls: list[str], samples_seen: int | None, data_stat
 
 
 # --------------------------------------------------------------------------- the loop
-def _step(run: _Run, stream, global_step: int) -> float:
+def _step(run: TrainingRun, stream, global_step: int) -> float:
     """One optimizer step (``gradient_accumulation_steps`` micro-batches); the loss averaged over ranks."""
     from train.loss import diffusion_loss
 
@@ -313,7 +320,7 @@ def _step(run: _Run, stream, global_step: int) -> float:
 class _Logs:
     """metrics.jsonl, TensorBoard and the progress bar of the main process."""
 
-    def __init__(self, run: _Run, global_step: int):
+    def __init__(self, run: TrainingRun, global_step: int):
         from tqdm.auto import tqdm
 
         main = run.accelerator.is_main_process
@@ -355,7 +362,7 @@ class _Logs:
 
 
 def _loop(
-    run: _Run, urls: list[str], stream, global_step: int, stop_after_steps: int | None
+    run: TrainingRun, urls: list[str], stream, global_step: int, stop_after_steps: int | None
 ) -> tuple[dict[int, float], int]:
     """Steps from ``global_step`` to ``max_steps`` with logs, checkpoints and validation; returns (losses,
     the last step)."""
@@ -386,7 +393,7 @@ def _loop(
     return losses, global_step
 
 
-def _save(run: _Run, step: int, stream) -> None:
+def _save(run: TrainingRun, step: int, stream) -> None:
     from train.common import save_checkpoint
 
     opts, acc = run.opts, run.accelerator
@@ -398,7 +405,7 @@ def _save(run: _Run, step: int, stream) -> None:
     )
 
 
-def _validate(run: _Run, pipe, val_samples, writer, step: int) -> None:
+def _validate(run: TrainingRun, pipe, val_samples, writer, step: int) -> None:
     """Validation images every ``validate_every`` steps; a val-curve point every ``val_every`` steps and at
     the last."""
     from train.validate import log_validation, val_curve_point
@@ -416,7 +423,9 @@ def _validate(run: _Run, pipe, val_samples, writer, step: int) -> None:
                 writer.add_scalar(f"val/{k}", v, step)
 
 
-def _export(run: _Run, global_step: int, losses: dict[int, float], skipped: dict[str, int]) -> dict[str, Any]:
+def _export(
+    run: TrainingRun, global_step: int, losses: dict[int, float], skipped: dict[str, int]
+) -> dict[str, Any]:
     """Write ``RUN/final`` (the EMA weights when kept) on the main process."""
     from core.atomic import atomic_path
     from train.common import ema_weights
