@@ -46,8 +46,8 @@ def _options(args: argparse.Namespace, out: Path, cache: str, max_steps: int):
     )
 
 
-def model_step_s(args: argparse.Namespace, out: Path) -> float:
-    """Median seconds of the model step on fixed random inputs (see the module docstring)."""
+def model_step_s(args: argparse.Namespace, out: Path) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of the model step on fixed random inputs (see the module docstring)."""
     import torch
 
     from train.loop import prepare_run
@@ -62,8 +62,8 @@ def model_step_s(args: argparse.Namespace, out: Path) -> float:
     cond = (torch.rand(b, run.unwrapped.condition_channels, res, res, generator=g) * 2 - 1).to(dev)
     t = torch.randint(0, 1000, (b,), generator=g).to(dev)
 
-    def step() -> float:
-        start = time.perf_counter()
+    def step() -> tuple[float, float]:
+        start, cpu = time.perf_counter(), time.process_time()
         with acc.autocast():
             loss = (model(x, t, cond).float() - x).pow(2).mean()
         acc.backward(loss)
@@ -72,15 +72,17 @@ def model_step_s(args: argparse.Namespace, out: Path) -> float:
         run.unwrapped.clamp_gates_()
         run.optimizer.zero_grad(set_to_none=True)
         loss.item()  # a sync, as the loop's logged loss is
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     for _ in range(args.warmup):
         step()
-    return statistics.median(step() for _ in range(args.steps))
+    times = [step() for _ in range(args.steps)]
+    return statistics.median(w for w, _ in times), statistics.median(c for _, c in times)
 
 
-def loop_step_s(args: argparse.Namespace, out: Path, cache: str) -> tuple[float, float, str]:
-    """(median step seconds after the warm-up, seconds outside the steps, the cache line) of ``train``."""
+def loop_step_s(args: argparse.Namespace, out: Path, cache: str) -> tuple[float, float, float, str]:
+    """(median wall and CPU seconds per step after the warm-up, seconds outside the steps, the cache line)
+    of ``train``."""
     import contextlib
     import io
 
@@ -92,10 +94,12 @@ def loop_step_s(args: argparse.Namespace, out: Path, cache: str) -> tuple[float,
         train(_options(args, out, cache, args.warmup + args.steps))
     wall = time.perf_counter() - start
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steady = [r["step_s"] for r in records if r["step"] > args.warmup and r["step"] % args.window == 0]
-    in_steps = sum(r["step_s"] * args.window for r in records if r["step"] % args.window == 0)
+    steady = [r for r in records if r["step"] > args.warmup and r["step"] % args.window == 0]
+    previous = [{"step": 0}] + records[:-1]
+    in_steps = sum(r["step_s"] * (r["step"] - p["step"]) for p, r in zip(previous, records, strict=True))
     cache_line = next((line for line in log.getvalue().splitlines() if line.startswith("cache")), "")
-    return statistics.median(steady), wall - in_steps, cache_line
+    return (statistics.median(r["step_s"] for r in steady), statistics.median(r["cpu_s"] for r in steady),
+            wall - in_steps, cache_line)
 
 
 def _synthetic_shards(args: argparse.Namespace, root: Path) -> str:
@@ -149,35 +153,43 @@ def main() -> None:
         args.config = args.config or demo_model_config(root)
         args.data = args.data or _synthetic_shards(args, root)
         results: dict[str, list[float]] = {v: [] for v in args.variants.split(",")}
+        cpu: dict[str, list[float]] = {v: [] for v in results}
         outside: dict[str, list[float]] = {}
         for rep in range(args.reps):
             for variant in results:
                 out = root / f"run-{variant}-{rep}"
                 if variant == "model":
-                    results[variant].append(model_step_s(args, out))
-                    continue
-                step_s, rest, cache_line = loop_step_s(args, out, args.cache if variant == "cache" else "off")
-                results[variant].append(step_s)
-                outside.setdefault(variant, []).append(rest)
-                if cache_line and rep == 0:
-                    print(cache_line)
-        _report(args, results, outside)
+                    wall_s, cpu_s = model_step_s(args, out)
+                else:
+                    tier = args.cache if variant == "cache" else "off"
+                    wall_s, cpu_s, rest, cache_line = loop_step_s(args, out, tier)
+                    outside.setdefault(variant, []).append(rest)
+                    if cache_line and rep == 0:
+                        print(cache_line)
+                results[variant].append(wall_s)
+                cpu[variant].append(cpu_s)
+        _report(args, results, cpu, outside)
 
 
-def _report(args, results: dict[str, list[float]], outside: dict[str, list[float]]) -> None:
+def _report(args, results: dict[str, list[float]], cpu: dict[str, list[float]], outside) -> None:
     import torch
 
-    cpu = f"CPU, {torch.get_num_threads()} torch threads"
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu
+    on_cpu = f"CPU, {torch.get_num_threads()} torch threads"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else on_cpu
     med = {k: statistics.median(v) for k, v in results.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     print(f"config {args.config}, {args.resolution}², K = {args.num_objects}, batch {args.batch_size}, "
           f"{device}; medians of {args.reps} interleaved runs, {args.steps} steps after {args.warmup}")
     names = {"model": "model step", "cache": f"loop, cache {args.cache}", "off": "loop, no cache"}
     for k, v in med.items():
-        ratio = f"  {v / med['model']:.2f}x the model step" if "model" in med and k != "model" else ""
+        ratio = f" = {v / med['model']:.2f}x" if "model" in med and k != "model" else ""
+        cpu_ratio = f" = {med_cpu[k] / med_cpu['model']:.2f}x" if "model" in med and k != "model" else ""
         extra = f"  (+{statistics.median(outside[k]):.1f} s outside the steps)" if k in outside else ""
-        print(f"  {names[k]:<22} {v:8.4f} s/step{ratio}{extra}")
-    print(json.dumps({"settings": vars(args), "step_s": results}))
+        print(f"  {names[k]:<18} wall {v:7.4f} s/step{ratio:<8}  process CPU {med_cpu[k]:7.4f} s/step"
+              f"{cpu_ratio:<8}{extra}")
+    if "off" in med:
+        print("  (the no-cache loop's CPU excludes its DataLoader workers' decoding)")
+    print(json.dumps({"settings": vars(args), "step_s": results, "cpu_s": cpu}))
 
 
 if __name__ == "__main__":

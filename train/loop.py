@@ -330,6 +330,7 @@ class _Logs:
         self.bar = tqdm(total=run.opts.max_steps, initial=global_step, desc="train", unit="step",
                         dynamic_ncols=True, disable=not (run.opts.progress and main))
         self.start = self.last = time.perf_counter()
+        self.last_cpu = time.process_time()
         self.start_step = self.last_step = global_step
 
     def step(self, step: int, loss: float, skipped: dict[str, int]) -> None:
@@ -337,16 +338,18 @@ class _Logs:
         self.bar.set_postfix(loss=f"{loss:.4f}")
         if not self.main or (step % self.run.opts.log_every and step != 1):
             return
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
+        steps = max(1, step - self.last_step)
         record = {
             "step": step,
             "loss": loss,
             "lr": self.run.lr_scheduler.get_last_lr()[0],
             "steps_per_s": (step - self.start_step) / max(now - self.start, 1e-9),
-            "step_s": (now - self.last) / max(1, step - self.last_step),  # since the last logged step
+            "step_s": (now - self.last) / steps,  # since the last logged step
+            "cpu_s": (cpu - self.last_cpu) / steps,  # this process's CPU time (all its threads), likewise
             **{f"skipped_{k}": v for k, v in skipped.items()},
         }
-        self.last, self.last_step = now, step
+        self.last, self.last_cpu, self.last_step = now, cpu, step
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
         for k, v in record.items():
