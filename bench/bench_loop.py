@@ -39,7 +39,7 @@ def _options(args: argparse.Namespace, out: Path, cache: str, max_steps: int):
     return TrainOptions(
         data=args.data, out=str(out), config=args.config, pretrained=args.pretrained,
         num_objects=args.num_objects, resolution=args.resolution, batch_size=args.batch_size,
-        max_steps=max_steps, lr=1e-3 if args.config != "sd" else None, mixed_precision=args.mixed_precision,
+        max_steps=max_steps, mixed_precision=args.mixed_precision,  # the config's recipe LR: speed only
         gradient_checkpointing=args.gradient_checkpointing, object_weight=args.object_weight,
         slot_matching=args.slot_matching, num_workers=args.num_workers, cache=cache,
         checkpoint_every=10**9, validate_every=0, log_every=args.window, progress=False, seed=0,

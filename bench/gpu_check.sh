@@ -50,17 +50,22 @@ fi
 stage "SD-shaped folder ($SHAPE) and synthetic ${RES}² shards"
 $PY bench/sd_folder.py --out "$WORK/sd" --shape $SHAPE
 $PY - "$WORK" "$RES" "$K" "$SCENES" <<'EOF'
+# two shards of synthetic scenes, one photo with its depth (metres) for `cobl infer`, and the sd config
+# with the depth adapter, as the authors' model and bench_train.py have it
 import sys
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from tests.shardmaker import make_scene, write_shard
+from cobl.configs import sd_config
+from tests.shardmaker import make_scene, scene_depth, write_shard
 work, res, k, scenes = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 for i in range(2):
     write_shard(work / "shards" / f"train-{i:06d}.tar", scenes // 2, size=res, max_objects=min(k, 4),
                 max_layers=k, seed=i)
-photo = make_scene(np.random.default_rng(7), res, 3)["photo"]
-Image.fromarray((photo.transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(work / "photo.png")
+scene = make_scene(np.random.default_rng(7), res, 3)
+Image.fromarray((scene["photo"].transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(work / "photo.png")
+np.save(work / "photo.npy", scene_depth(scene["ids"], 3))
+(work / "sd.json").write_text(sd_config(k, res).replace(depth_condition=True).to_json())
 EOF
 DATA="$WORK/shards/train-{000000..000001}.tar"
 
@@ -77,12 +82,13 @@ else  # the real UNet takes minutes per step on a CPU: the tiny SD-like folder's
 fi
 
 stage "the loop: model step vs steady-state step, with and without the cache"
-$PY bench/bench_loop.py --config sd --pretrained "$WORK/sd" --data "$DATA" --resolution $RES --num-objects $K \
+$PY bench/bench_loop.py --config "$WORK/sd.json" --pretrained "$WORK/sd" --data "$DATA" --resolution $RES --num-objects $K \
     --batch-size $BATCH "${PREC[@]}" --gradient-checkpointing --num-workers $WORKERS --cache auto \
     --steps $STEPS --warmup $WARM --window 5 --reps 1 --keep "$WORK/loop" | tee "$WORK/bench_loop.txt"
 
 stage "cobl infer per sampler setting (model: the loop's cached run)"
 $PY bench/bench_cli_infer.py --model "$WORK/loop/run-cache-0" --image "$WORK/photo.png" \
+    --depth "$WORK/photo.npy" \
     --setting "authors=--preset authors" \
     --setting "x0=--sampling-steps $SAMPLING --guidance-mode x0" \
     --setting "both=--sampling-steps $SAMPLING --guidance-mode both" | tee "$WORK/bench_infer.txt"

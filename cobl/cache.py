@@ -12,7 +12,8 @@ One record layout (``_rows``), one fill (``fill``), one reader (``ExampleStore``
     and an index ``{stem}-{hash}.json`` written last (an interrupted fill redoes only unfinished shards;
     ranks fill disjoint shards), read back memory-mapped (safetensors ``safe_open``), row by row;
   * ``auto``: memory when the estimate (first shard's sample count x shards x bytes per row) is at most
-    ``MEMORY_LIMIT_BYTES``, else disk.
+    ``MEMORY_LIMIT_BYTES``, else disk; remote shards (URLs) are streamed (``off``), as they cannot be
+    fingerprinted by size and modification time.
 
 Staleness: ``hash`` is a digest of ``fingerprint``: the cache format, the codec (kind, factor, or the VAE's
 config and a digest of its weights), K, the resolution, the depth input and its source, and the shard file's
@@ -282,8 +283,14 @@ def fill(
     bar.close()
 
 
-def estimate_rows(urls: list[str]) -> int:
-    """The first shard's scene count times the number of shards (tar headers only)."""
+def _local(urls: list[str]) -> bool:
+    return all(os.path.isfile(u) for u in urls)
+
+
+def estimate_rows(urls: list[str]) -> int | None:
+    """The first shard's scene count times the number of shards (tar headers only); None for remote shards."""
+    if not _local(urls[:1]):
+        return None
     with tarfile.open(urls[0]) as tar:
         keys = {m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()}
     return len(keys) * len(urls)
@@ -300,10 +307,13 @@ def row_bytes(spec: CacheSpec, codec: Any) -> int:
 def choose_tier(tier: str, urls: list[str], spec: CacheSpec, codec: Any) -> str:
     if tier not in TIERS:
         raise UserError(f"expected one of {', '.join(TIERS)}, got {tier!r}", option="cache")
+    if tier == "disk" and not _local(urls):
+        raise UserError("the disk tier fingerprints local shard files; these are remote (or give --cache "
+                        "memory / off)", option="cache")
     if tier != "auto":
         return tier
-    if not all(os.path.isfile(u) for u in urls):  # remote shards: no cheap count
-        return "disk"
+    if not _local(urls):  # remote shards: no size to fingerprint, no cheap count: stream them
+        return "off"
     return "memory" if estimate_rows(urls) * row_bytes(spec, codec) <= MEMORY_LIMIT_BYTES else "disk"
 
 
