@@ -4,7 +4,8 @@
     python bench/bench_contention.py --data 'DIR/data/shards/train-*.tar' [--train-args '--threads 2']
 
 On a 2-core machine a competing process's fair share is one core, so it should cost at most 2x (target);
-the spin-waiting of two OpenMP threads cost 2.9x before the thread policy of ``train.common.cpu_threads``.
+with OpenMP's default spin-waiting it cost 2.9x (issue 24); `cobl` now lets its threads wait passively
+(``app/threads.py``).
 Each repetition runs `cobl train` (a subprocess, as a user runs it) for ``--warmup + --steps`` steps idle,
 then again while ``python -c 'while True: pass'`` runs; the steady step time is the median of the logged
 per-window step times after the warm-up (``RUN/metrics.jsonl``). Medians over ``--reps`` interleaved pairs.

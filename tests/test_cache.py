@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from cobl.cache import CacheSpec, cached_batches, disk_store, memory_store
+from cobl.cache import CacheSpec, cached_batches, choose_tier, disk_store, memory_store
 from cobl.codec import VAECodec
 from cobl.configs import tiny_config
 from cobl.data import collate, make_dataset
@@ -116,3 +116,18 @@ def test_cached_order_splits_over_ranks_and_resumes(shards):
     assert seen[:12] != seen[12:]  # a new order every epoch
     resumed = cached_batches(store, 4, seed=5, offset=8)
     assert next(resumed).keys == seen[8:12]
+
+
+def test_auto_keeps_small_data_in_memory_and_streams_remote_shards(shards, monkeypatch):
+    from cobl import cache
+    from core.errors import UserError
+
+    codec = build(tiny_config(num_objects=3, resolution=32))[1]
+    assert choose_tier("auto", shards, SPEC, codec) == "memory"
+    monkeypatch.setattr(cache, "MEMORY_LIMIT_BYTES", 12 * cache.row_bytes(SPEC, codec) - 1)  # 12 scenes
+    assert choose_tier("auto", shards, SPEC, codec) == "disk"
+    remote = ["https://example.org/train-000000.tar"]
+    assert choose_tier("auto", remote, SPEC, codec) == "off"
+    with pytest.raises(UserError, match="remote") as err:
+        choose_tier("disk", remote, SPEC, codec)
+    assert err.value.option == "cache"

@@ -202,6 +202,7 @@ def test_val_learning_curve_is_scored_like_cobl_eval(shards, tmp_path):
         (["--val-data", "/nonexistent/val-*.tar"], "--val-data"),
         (["--config", "enormous"], "--config"),
         (["--config", "sd"], "--pretrained"),
+        (["--cache", "sometimes"], "--cache"),
     ],
 )
 def test_bad_data_or_config_is_a_one_line_error(shards, tmp_path, capsys, args, message):

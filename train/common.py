@@ -1,5 +1,6 @@
 """What the three trainers (CObL ``train.loop``, the prior ``train.prior``, the VAE ``train.vae``) share:
-checkpoints, the kill hook of the resume tests, the LR schedule, the EMA, and the CPU thread count.
+checkpoints, the kill hook of the resume tests, the LR schedule and the EMA. (How the CPU threads wait is
+the roof's: ``app/threads.py``.)
 
 Checkpoints are accelerate states (model, optimizer, LR schedule, registered objects such as the EMA, RNG)
 in ``DIR/checkpoints/step-NNNNNNNN/`` plus ``trainer_state.json`` (``global_step`` and whatever the trainer
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,11 +137,3 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
-
-
-# --------------------------------------------------------------------------- CPU threads
-def cpu_threads(processes: int = 1, loader_workers: int = 0) -> int:
-    """Torch threads per training process on a CPU: the cores this process may run on, shared among the
-    local processes, less one per busy loader worker; at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, processes) - loader_workers)
