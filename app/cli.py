@@ -16,11 +16,13 @@ import sys
 
 from app import cli_infer, cli_model, cli_synth, cli_train, demo
 from app.parser import run_cli
+from app.threads import configure_threads
 
 COMMAND_MODULES = (cli_synth, cli_train, cli_infer, cli_model, demo)
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_threads()
     return run_cli(argv, COMMAND_MODULES)
 
 

@@ -137,6 +137,9 @@ def run_train_prior(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m app.train_process`` (same options as ``cobl train``)."""
+    from app.threads import configure_threads
+
+    configure_threads()
     parser = OneLineParser(prog="python -m app.train_process", description="CObL training process")
     add_arguments(parser)
     args = parser.parse_args(argv)

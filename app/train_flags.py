@@ -44,7 +44,12 @@ HELP = {
     "val_scenes": "val scenes per learning-curve point",
     "val_sampling_steps": "sampler steps of the learning-curve evaluation",
     "val_min_area": "the small-object rule of the learning-curve evaluation (as `cobl eval --min-area`)",
-    "num_workers": "DataLoader workers per process",
+    "num_workers": "DataLoader workers per process (decoding; with the cache only while it is filled)",
+    "cache": "auto | memory | disk | off: prepare every scene once (decoded, encoded by the codec) and keep "
+    "it in memory (small data) or in --cache-dir (large), or off: decode and encode every batch as it "
+    "comes; auto = memory up to 2 GiB (docs/training.md)",
+    "cache_dir": "folder of the disk cache (default RUN/cache; share it between runs of the same data, "
+    "codec and resolution: entries are fingerprinted and never reused stale)",
     "progress": "show a progress bar",
 }
 

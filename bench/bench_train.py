@@ -166,6 +166,9 @@ def _measure(variant: str, args: dict, queue) -> None:
 
 
 def main() -> None:
+    from app.threads import configure_threads
+
+    configure_threads()  # the OpenMP wait policy of `cobl`, inherited by the measuring processes
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="sd")
     p.add_argument("--pretrained", default=None, help="a local diffusers SD folder (default: random init)")

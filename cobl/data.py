@@ -236,6 +236,19 @@ def decode_sample(
     )
 
 
+def decode_or_count(
+    sample: dict[str, Any], counts: dict[str, int], *args: Any, **kwargs: Any
+) -> Sample | None:
+    """``decode_sample``, or None for a sample the pipeline drops: counted in ``counts[reason]`` and warned
+    about, never fatal."""
+    try:
+        return decode_sample(sample, *args, **kwargs)
+    except SkipSample as err:
+        counts[err.reason] = counts.get(err.reason, 0) + 1
+        warnings.warn(f"skipping {err} ({counts[err.reason]} {err.reason} so far)", stacklevel=3)
+        return None
+
+
 # --------------------------------------------------------------------------- pipeline
 class LayerDataset(torch.utils.data.IterableDataset):
     """Endless, seeded, resumable stream of decoded samples (see the module docstring)."""
@@ -309,14 +322,11 @@ class LayerDataset(torch.utils.data.IterableDataset):
         for position, sample in enumerate(raw):
             if position < start:
                 continue
-            try:
-                out = decode_sample(
-                    sample, self.num_objects, self.resolution, ids=self.ids, depth=self.depth,
-                    depth_source=self.depth_source,
-                )
-            except SkipSample as err:
-                self.counts[err.reason] += 1
-                warnings.warn(f"skipping {err} ({self.counts[err.reason]} {err.reason} so far)", stacklevel=2)
+            out = decode_or_count(
+                sample, self.counts, self.num_objects, self.resolution, ids=self.ids, depth=self.depth,
+                depth_source=self.depth_source,
+            )
+            if out is None:
                 continue
             self.counts["decoded"] += 1
             out.worker = gw

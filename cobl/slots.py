@@ -41,10 +41,23 @@ def interchangeable_orders(layers: torch.Tensor, min_overlap: float = 0.5) -> li
     their own positions, keeping every pair whose alphas overlap (sum of ``a_i * a_j`` above ``min_overlap``
     pixels) in its front-to-back order; empty slots stay where they are. The identity comes first.
     """
+    return orders_from_relations(*slot_relations(layers, min_overlap))
+
+
+def slot_relations(layers: torch.Tensor, min_overlap: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the interchangeable orders of ``layers [B, K, 4, H, W]`` depend on: which slots are occupied
+    (bool ``[B, K]``) and which pairs overlap (bool ``[B, K, K]``). Small, so a training cache keeps them
+    instead of the layers (``cobl.examples``)."""
     alpha = layers[:, :, ALPHA_CHANNEL].float()
-    b, k = alpha.shape[:2]
     occupied = occupied_slots(alpha, min_area=0.0)
     overlap = torch.einsum("bihw,bjhw->bij", alpha, alpha) > min_overlap
+    return occupied, overlap
+
+
+def orders_from_relations(occupied: torch.Tensor, overlap: torch.Tensor) -> list[list[tuple[int, ...]]]:
+    """``interchangeable_orders`` from ``slot_relations``."""
+    b, k = occupied.shape
+    occupied, overlap = occupied.cpu(), overlap.cpu()
     orders = []
     for s in range(b):
         slots = [i for i in range(k) if occupied[s, i]]

@@ -71,11 +71,15 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tmp_path):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-def test_kill_and_resume_continues_the_same_trajectory(shards, tmp_path):
-    full = train(_opts(shards, tmp_path / "full", ema=True))
+@pytest.mark.parametrize("cache", ["disk", "off"])  # prepared once (reused on resume) / the streaming path
+def test_kill_and_resume_continues_the_same_trajectory(shards, tmp_path, cache, capsys):
+    full = train(_opts(shards, tmp_path / "full", ema=True, cache=cache))
     with pytest.raises(SimulatedKill):
-        train(_opts(shards, tmp_path / "cut", ema=True), stop_after_steps=3)  # last checkpoint: step 2
-    resumed = train(_opts(shards, tmp_path / "cut", ema=True, resume="latest"))
+        train(_opts(shards, tmp_path / "cut", ema=True, cache=cache), stop_after_steps=3)  # ckpt: step 2
+    capsys.readouterr()
+    resumed = train(_opts(shards, tmp_path / "cut", ema=True, resume="latest", cache=cache))
+    if cache == "disk":  # the killed run's cache entries are complete and reused, not encoded again
+        assert "cache (disk): 20 scenes, 0 shards encoded, 2 reused" in capsys.readouterr().out
     assert sorted(resumed["losses"]) == [3, 4]
     for step in (3, 4):
         assert resumed["losses"][step] == pytest.approx(full["losses"][step], rel=1e-5, abs=1e-6)
@@ -129,8 +133,11 @@ def test_export_loads_in_a_fresh_process_with_the_same_layers(shards, tmp_path):
 
 
 def test_two_process_ddp_equals_one_process_with_doubled_batch(shards, tmp_path):
+    """The single process holds its prepared examples in memory; the two ranks fill a disk cache together
+    (one shard each) and read both shards from it: the same examples in the same order."""
     single = _opts(
-        shards, tmp_path / "single", max_steps=3, batch_size=4, num_workers=2, checkpoint_every=100
+        shards, tmp_path / "single", max_steps=3, batch_size=4, num_workers=2, checkpoint_every=100,
+        cache="memory",
     )
     train(single)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
@@ -141,7 +148,8 @@ def test_two_process_ddp_equals_one_process_with_doubled_batch(shards, tmp_path)
         "--num-processes",
         "2",
         *_argv(
-            _opts(shards, tmp_path / "ddp", max_steps=3, batch_size=2, num_workers=1, checkpoint_every=100)
+            _opts(shards, tmp_path / "ddp", max_steps=3, batch_size=2, num_workers=1, checkpoint_every=100,
+                  cache="disk")
         ),
     ]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
@@ -201,6 +209,7 @@ def test_val_learning_curve_is_scored_like_cobl_eval(shards, tmp_path):
         (["--val-data", "/nonexistent/val-*.tar"], "--val-data"),
         (["--config", "enormous"], "--config"),
         (["--config", "sd"], "--pretrained"),
+        (["--cache", "sometimes"], "--cache"),
     ],
 )
 def test_bad_data_or_config_is_a_one_line_error(shards, tmp_path, capsys, args, message):

@@ -3,42 +3,44 @@
 Run directory layout::
 
     RUN/checkpoints/step-00000500/   accelerate state (model, optimizer, LR scheduler, EMA, RNG) +
-                                     trainer_state.json (step) + data_state-rank{r}.json (stream positions)
+                                     trainer_state.json (step, samples seen) + data_state-rank{r}.json
+                                     (stream positions of the streaming path)
+    RUN/cache/                       prepared examples of the disk tier (``cobl.cache``; --cache-dir)
     RUN/logs/                        TensorBoard scalars, validation images (photo | layers | recomposition)
     RUN/metrics.jsonl                one JSON line per logged step
     RUN/final/                       the exported model: ``CObLPipeline.save_pretrained`` (infer.pipeline),
                                      loaded with ``CObLPipeline.from_pretrained(RUN/final)``
 
-Resume (``--resume latest``) restores all of the checkpoint, and the data streams continue at the recorded
-positions; per-sample noise is a function of (seed, step, key) (``train.loss``), so a resumed run follows the
-same loss trajectory as an uninterrupted one.
+Data (``--cache``): every scene prepared once (decoded, encoded by the codec, its alpha maps derived;
+``cobl.cache``) and drawn in a seeded order per epoch — in memory when small, on disk when large — or, with
+``--cache off``, the streaming image path that decodes and encodes every batch as it comes. Resume
+(``--resume latest``) restores all of the checkpoint; the data continues where it stopped (the cached order is
+a function of the seed and the samples seen; the streams continue at their recorded positions); per-sample
+noise is a function of (seed, step, key) (``train.loss``), so a resumed run follows the same loss trajectory
+as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
+import dataclasses
 import json
-import shutil
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from core.errors import UserError
+from train.common import CHECKPOINT_DIR, SimulatedKill, stop_if_asked
 from train.options import TrainOptions
+from train.validate import CURVE_METRICS
 
-CHECKPOINT_DIR = "checkpoints"
+__all__ = ["CHECKPOINT_DIR", "CURVE_METRICS", "VAL_CURVE", "SimulatedKill", "TrainingRun", "export_pipeline",
+           "prepare_run", "train"]
+
 VAL_CURVE = "val_curve.jsonl"  # a line per learning-curve point; a resumed run may repeat a step (last wins)
-# The learning curve's metrics (``infer.metrics`` summary keys of the guided model).
-CURVE_METRICS = ("amodal_miou", "amodal_miou_occluded", "amodal_miou_strict", "count_accuracy",
-                 "order_accuracy", "hidden_recall")
-
-
-class SimulatedKill(RuntimeError):
-    """Raised by ``train(..., stop_after_steps=N)``: a crash right after step N, for resume tests."""
 
 
 def resolve_config(opts: TrainOptions):
@@ -52,8 +54,6 @@ def resolve_config(opts: TrainOptions):
 
 def resolve_recipe(opts: TrainOptions, config) -> TrainOptions:
     """``opts`` with every field left at None filled in from the config's training recipe."""
-    import dataclasses
-
     from cobl.configs import recipe_for
 
     recipe = recipe_for(config)
@@ -65,31 +65,25 @@ def resolve_recipe(opts: TrainOptions, config) -> TrainOptions:
     return dataclasses.replace(opts, **filled)
 
 
-def cosine_to_floor(optimizer, warmup_steps: int, total_steps: int, lr: float, min_lr: float):
-    """Linear warm-up, then a cosine decay from ``lr`` to ``min_lr`` (diffusers' "cosine" ends at 0)."""
-    import math
+@dataclass
+class TrainingRun:
+    """What one training process holds."""
 
-    floor = min_lr / lr if lr > 0 else 0.0
+    opts: TrainOptions
+    config: Any
+    out: Path
+    accelerator: Any
+    model: Any  # prepared (possibly DDP-wrapped)
+    codec: Any
+    noise_scheduler: Any
+    optimizer: Any
+    lr_scheduler: Any
+    ema: Any
+    params: list
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def find_checkpoint(out: Path, resume: str) -> Path:
-    if resume != "latest":
-        path = Path(resume)
-        if not (path / "trainer_state.json").is_file():
-            raise UserError(f"{resume}: not a checkpoint directory (no trainer_state.json)", option="resume")
-        return path
-    done = sorted(p for p in (out / CHECKPOINT_DIR).glob("step-*") if (p / "trainer_state.json").is_file())
-    if not done:
-        raise UserError(f"latest: no checkpoint under {out / CHECKPOINT_DIR}", option="resume")
-    return done[-1]
+    @property
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.model)
 
 
 def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, Any]:
@@ -98,17 +92,26 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
     ``pipeline``: on the main process, the ``CObLPipeline`` around the in-process model that was exported to
     ``final`` (None on the other ranks; with ``ema`` its model holds the raw weights again afterwards, the
     export the EMA ones)."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
+    run, urls = prepare_run(opts)
+    global_step, samples_seen, data_state = _resume(run)
+    stream = _open_stream(run, urls, samples_seen, data_state)
+    losses, global_step = _loop(run, urls, stream, global_step, stop_after_steps)
+    return _export(run, global_step, losses, stream.skipped())
 
-    from cobl.data import batches, expand_urls, make_dataset, make_loader
-    from cobl.factory import build, check_pretrained
-    from train.loss import diffusion_loss
 
-    out = Path(opts.out)
+def prepare_run(opts: TrainOptions) -> tuple[TrainingRun, list[str]]:
+    """The model, codec, optimizer and accelerator of ``opts`` as ``train`` builds them, and the shard list
+    (``bench/bench_loop.py`` times the model step on them)."""
+    opts, config, urls = _checked(opts)
+    return _setup(opts, config), urls
+
+
+def _checked(opts: TrainOptions) -> tuple[TrainOptions, Any, list[str]]:
+    """Options with the recipe filled in, the config, the shard list; one-line errors before anything runs."""
+    from cobl.cache import TIERS
+    from cobl.data import expand_urls
+    from cobl.factory import check_pretrained
+
     config = resolve_config(opts)
     opts = resolve_recipe(opts, config)
     urls = expand_urls(opts.data)  # UserError naming the pattern when nothing matches
@@ -122,15 +125,27 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
             raise UserError(f"must be >= 1, got {getattr(opts, name)}", option=name)
     if opts.mixed_precision not in ("no", "fp16", "bf16"):
         raise UserError(f"expected no, fp16 or bf16, got {opts.mixed_precision!r}", option="mixed_precision")
+    if opts.cache not in TIERS:
+        raise UserError(f"expected one of {', '.join(TIERS)}, got {opts.cache!r}", option="cache")
     check_pretrained(config, opts.pretrained)  # before the Accelerator: a bad path fails on one line
+    return opts, config, urls
 
+
+def _setup(opts: TrainOptions, config) -> TrainingRun:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+
+    from cobl.factory import build
+    from train.common import lr_schedule, make_ema
+
+    out = Path(opts.out)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=opts.mixed_precision,
         gradient_accumulation_steps=opts.gradient_accumulation_steps,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
-    rank, world = accelerator.process_index, accelerator.num_processes
+    world = accelerator.num_processes
     set_seed(opts.seed)  # identical initial weights on every rank
     model, codec, noise_scheduler = build(config, pretrained=opts.pretrained, vae=opts.vae, prior=opts.prior)
     model.set_attention(opts.attention)
@@ -140,192 +155,301 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
     params = model.trainable_parameters()  # the frozen UNet is not in the optimizer
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     # accelerate steps the LR scheduler once per process per update: count in process steps
-    if opts.lr_scheduler == "cosine":
-        lr_scheduler = cosine_to_floor(
-            optimizer, opts.lr_warmup_steps * world, opts.max_steps * world, opts.lr, opts.min_lr
-        )
-    else:
-        lr_scheduler = get_scheduler(
-            opts.lr_scheduler,
-            optimizer=optimizer,
-            num_warmup_steps=opts.lr_warmup_steps * world,
-            num_training_steps=opts.max_steps * world,
-        )
+    warmup, total = opts.lr_warmup_steps * world, opts.max_steps * world
+    lr_scheduler = lr_schedule(opts.lr_scheduler, optimizer, warmup, total, opts.lr, opts.min_lr)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     ema = None
     if opts.ema:
-        ema = EMAModel(accelerator.unwrap_model(model).trainable_parameters(), decay=opts.ema_decay)
-        ema.to(accelerator.device)
+        trained = accelerator.unwrap_model(model).trainable_parameters()
+        ema = make_ema(trained, opts.ema_decay, accelerator.device)
         accelerator.register_for_checkpointing(ema)
+    return TrainingRun(opts, config, out, accelerator, model, codec, noise_scheduler, optimizer, lr_scheduler,
+                       ema, params)
 
-    global_step, skip = 0, {}
-    if opts.resume:
-        ckpt = find_checkpoint(out, opts.resume)
-        accelerator.load_state(str(ckpt))
-        global_step = json.loads((ckpt / "trainer_state.json").read_text())["global_step"]
-        data_file = ckpt / f"data_state-rank{rank}.json"
-        if data_file.is_file():
-            state = json.loads(data_file.read_text())
-            if state.get("world") == world and state.get("num_workers") == opts.num_workers:
-                skip = {int(k): v + 1 for k, v in state["positions"].items()}
-            else:
-                warnings.warn(
-                    "process/worker count changed since the checkpoint: data restarts", stacklevel=2
-                )
-        accelerator.print(f"resumed from {ckpt} at step {global_step}")
 
-    dataset = make_dataset(
-        urls,
-        config.num_objects,
-        config.resolution,
-        shuffle=True,
-        seed=opts.seed,
-        shuffle_buffer=opts.shuffle_buffer,
-        skip=skip,
-        ids=False,  # the loss never reads the instance map: one PNG fewer per sample
-        depth=config.depth_condition,
-        depth_source=config.depth_source,
-    )
-    loader_iter = iter(make_loader(dataset, num_workers=opts.num_workers))
-    batch_iter = batches(loader_iter, opts.batch_size)
-    positions = {int(k): v - 1 for k, v in skip.items()}
-    skipped_by_worker: dict[int, dict[str, int]] = {}
+def _resume(run: TrainingRun) -> tuple[int, int | None, dict[str, Any] | None]:
+    """(step, samples seen or None when unknown, this rank's data state) of the checkpoint to resume."""
+    from train.common import find_checkpoint, load_checkpoint
 
-    writer = _writer(out) if accelerator.is_main_process else None
-    val_samples = _validation_samples(urls, config, opts) if accelerator.is_main_process else None
-    metrics_file = (out / "metrics.jsonl").open("a") if accelerator.is_main_process else None
+    if not run.opts.resume:
+        return 0, 0, None
+    ckpt = find_checkpoint(run.out, run.opts.resume)
+    state = load_checkpoint(run.accelerator, ckpt)
+    data_file = ckpt / f"data_state-rank{run.accelerator.process_index}.json"
+    data_state = json.loads(data_file.read_text()) if data_file.is_file() else None
+    run.accelerator.print(f"resumed from {ckpt} at step {state['global_step']}")
+    return state["global_step"], state.get("samples_seen"), data_state
+
+
+# --------------------------------------------------------------------------- data
+class _CachedStream:
+    """Batches of prepared examples (``cobl.cache``), in the seeded order of ``cached_batches``."""
+
+    def __init__(self, store, run: TrainingRun, samples_seen: int):
+        from cobl.cache import cached_batches
+
+        acc = run.accelerator
+        self.store, self.world = store, acc.num_processes
+        self.batches = cached_batches(
+            store, run.opts.batch_size, run.opts.seed, acc.process_index, self.world, offset=samples_seen
+        )
+
+    def next(self):
+        return next(self.batches)
+
+    def state(self) -> dict[str, Any]:
+        return {"source": "cache", "world": self.world}
+
+    def skipped(self) -> dict[str, int]:
+        return dict(self.store.skipped)
+
+    def close(self) -> None:
+        pass
+
+
+class _ImageStream:
+    """The streaming image path: shards decoded by DataLoader workers, positions recorded for resume."""
+
+    def __init__(self, urls: list[str], run: TrainingRun, data_state: dict[str, Any] | None):
+        from cobl.data import batches, make_dataset, make_loader
+
+        opts, config = run.opts, run.config
+        self.world, self.num_workers = run.accelerator.num_processes, opts.num_workers
+        skip = self._skip(data_state)
+        dataset = make_dataset(
+            urls, config.num_objects, config.resolution, shuffle=True, seed=opts.seed,
+            shuffle_buffer=opts.shuffle_buffer, skip=skip,
+            ids=False,  # the loss never reads the instance map: one PNG fewer per sample
+            depth=config.depth_condition, depth_source=config.depth_source,
+        )
+        self.loader_iter = iter(make_loader(dataset, num_workers=opts.num_workers))
+        self.batches = batches(self.loader_iter, opts.batch_size)
+        self.positions = {int(k): v - 1 for k, v in skip.items()}
+        self.skipped_by_worker: dict[int, dict[str, int]] = {}
+
+    def _skip(self, data_state: dict[str, Any] | None) -> dict[int, int]:
+        if data_state is None:
+            return {}
+        same = data_state.get("world") == self.world and data_state.get("num_workers") == self.num_workers
+        if same and data_state.get("source", "stream") == "stream":
+            return {int(k): v + 1 for k, v in data_state["positions"].items()}
+        warnings.warn("data source, process or worker count changed since the checkpoint: data restarts",
+                      stacklevel=3)
+        return {}
+
+    def next(self):
+        batch = next(self.batches, None)
+        if batch is not None:
+            for w, pos, sk in zip(batch.workers, batch.positions, batch.skipped, strict=True):
+                self.positions[w] = max(self.positions.get(w, -1), pos)
+                self.skipped_by_worker[w] = sk
+        return batch
+
+    def state(self) -> dict[str, Any]:
+        return {"source": "stream", "world": self.world, "num_workers": self.num_workers,
+                "positions": self.positions}
+
+    def skipped(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for counts in self.skipped_by_worker.values():
+            for k, v in counts.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def close(self) -> None:
+        del self.batches, self.loader_iter  # shuts the (endless) DataLoader workers down
+
+
+def _open_stream(run: TrainingRun, urls: list[str], samples_seen: int | None, data_state):
+    """The cached stream (filled or reused now) or, with ``--cache off``, the streaming image path."""
+    from cobl.cache import CacheSpec, choose_tier, disk_store, memory_store
+
+    opts, config, acc = run.opts, run.config, run.accelerator
+    spec = CacheSpec(config.num_objects, config.resolution, config.depth_condition, config.depth_source)
+    tier = choose_tier(opts.cache, urls, spec, run.codec)
+    if tier == "off":
+        return _ImageStream(urls, run, data_state)
+    common = dict(num_workers=opts.num_workers, encode_batch=opts.batch_size,
+                  progress=opts.progress and acc.is_main_process)
+    if tier == "memory":
+        store = memory_store(urls, spec, run.codec, acc.device, **common)
+    else:
+        cache_dir = opts.cache_dir or str(run.out / "cache")
+        store = disk_store(urls, spec, run.codec, acc.device, cache_dir, acc.process_index,
+                           acc.num_processes, acc.wait_for_everyone, **common)
+    if not len(store):
+        raise UserError(f"{opts.data!r}: the shards yielded no usable sample", option="data")
+    acc.print(f"cache ({tier}): {len(store)} scenes, {store.filled} shards encoded, {store.reused} reused")
+    if samples_seen is None:  # a checkpoint of the streaming path: the order restarts
+        warnings.warn("the checkpoint was written by the streaming path: the cached order restarts",
+                      stacklevel=2)
+        samples_seen = 0
+    return _CachedStream(store, run, samples_seen)
+
+
+# --------------------------------------------------------------------------- the loop
+def _step(run: TrainingRun, stream, global_step: int) -> float:
+    """One optimizer step (``gradient_accumulation_steps`` micro-batches); the loss averaged over ranks."""
+    from train.loss import diffusion_loss
+
+    opts, acc = run.opts, run.accelerator
+    micro_losses = []
+    for _ in range(opts.gradient_accumulation_steps):
+        batch = stream.next()
+        if batch is None:
+            raise UserError(f"{opts.data!r}: the shards yielded no usable sample", option="data")
+        batch = batch.to(acc.device)
+        with acc.accumulate(run.model), acc.autocast():
+            loss = diffusion_loss(
+                run.model, run.codec, run.noise_scheduler, batch, global_step, opts.seed, opts.snr_gamma,
+                opts.cond_dropout, opts.object_weight, opts.slot_matching, opts.hidden_weight,
+            )
+            acc.backward(loss)
+            if acc.sync_gradients and opts.max_grad_norm > 0:
+                acc.clip_grad_norm_(run.params, opts.max_grad_norm)
+            run.optimizer.step()
+            run.unwrapped.clamp_gates_()  # gates stay in [0, 1]
+            run.lr_scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        micro_losses.append(loss.detach())
+    if run.ema is not None:
+        run.ema.step(run.unwrapped.trainable_parameters())
+    return acc.gather(torch.stack(micro_losses).mean()[None]).mean().item()
+
+
+class _Logs:
+    """metrics.jsonl, TensorBoard and the progress bar of the main process."""
+
+    def __init__(self, run: TrainingRun, global_step: int):
+        from tqdm.auto import tqdm
+
+        main = run.accelerator.is_main_process
+        self.run, self.main = run, main
+        self.writer = _writer(run.out) if main else None
+        self.metrics = (run.out / "metrics.jsonl").open("a") if main else None
+        self.bar = tqdm(total=run.opts.max_steps, initial=global_step, desc="train", unit="step",
+                        dynamic_ncols=True, disable=not (run.opts.progress and main))
+        self.start = self.last = time.perf_counter()
+        self.last_cpu = time.process_time()
+        self.start_step = self.last_step = global_step
+
+    def step(self, step: int, loss: float, skipped: dict[str, int]) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}")
+        if not self.main or (step % self.run.opts.log_every and step != 1):
+            return
+        now, cpu = time.perf_counter(), time.process_time()
+        steps = max(1, step - self.last_step)
+        record = {
+            "step": step,
+            "loss": loss,
+            "lr": self.run.lr_scheduler.get_last_lr()[0],
+            "steps_per_s": (step - self.start_step) / max(now - self.start, 1e-9),
+            "step_s": (now - self.last) / steps,  # since the last logged step
+            "cpu_s": (cpu - self.last_cpu) / steps,  # this process's CPU time (all its threads), likewise
+            **{f"skipped_{k}": v for k, v in skipped.items()},
+        }
+        self.last, self.last_cpu, self.last_step = now, cpu, step
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        for k, v in record.items():
+            if k != "step":
+                self.writer.add_scalar(f"train/{k}", v, step)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _loop(
+    run: TrainingRun, urls: list[str], stream, global_step: int, stop_after_steps: int | None
+) -> tuple[dict[int, float], int]:
+    """Steps from ``global_step`` to ``max_steps`` with logs, checkpoints and validation; returns (losses,
+    the last step)."""
+    from train.validate import validation_samples
+
+    opts, acc = run.opts, run.accelerator
+    pipe = export_pipeline(run.unwrapped, run.codec, run.noise_scheduler, run.config) if acc.is_main_process \
+        else None
+    val_samples = validation_samples(urls, pipe, opts.num_validation if opts.validate_every else 0) \
+        if pipe is not None else None
+    logs = _Logs(run, global_step)
     losses: dict[int, float] = {}
-    bar = tqdm(
-        total=opts.max_steps,
-        initial=global_step,
-        disable=not (opts.progress and accelerator.is_main_process),
-        desc="train",
-        unit="step",
-        dynamic_ncols=True,
-    )
-    start, start_step = time.perf_counter(), global_step
-    model.train()
+    run.model.train()
     try:
         while global_step < opts.max_steps:
-            micro_losses = []
-            for _ in range(opts.gradient_accumulation_steps):
-                batch = next(batch_iter, None)
-                if batch is None:
-                    raise UserError(f"{opts.data!r}: the shards yielded no usable sample", option="data")
-                for w, pos, sk in zip(batch.workers, batch.positions, batch.skipped, strict=True):
-                    positions[w] = max(positions.get(w, -1), pos)
-                    skipped_by_worker[w] = sk
-                batch = batch.to(accelerator.device)
-                with accelerator.accumulate(model), accelerator.autocast():
-                    loss = diffusion_loss(
-                        model,
-                        codec,
-                        noise_scheduler,
-                        batch,
-                        global_step,
-                        opts.seed,
-                        opts.snr_gamma,
-                        opts.cond_dropout,
-                        opts.object_weight,
-                        opts.slot_matching,
-                        opts.hidden_weight,
-                    )
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and opts.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(params, opts.max_grad_norm)
-                    optimizer.step()
-                    accelerator.unwrap_model(model).clamp_gates_()  # gates stay in [0, 1]
-                    lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                micro_losses.append(loss.detach())
+            loss = _step(run, stream, global_step)
             global_step += 1
-            if ema is not None:
-                ema.step(accelerator.unwrap_model(model).trainable_parameters())
-            step_loss = accelerator.gather(torch.stack(micro_losses).mean()[None]).mean().item()
-            losses[global_step] = step_loss
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}")
-            if accelerator.is_main_process and (global_step % opts.log_every == 0 or global_step == 1):
-                rate = (global_step - start_step) / max(time.perf_counter() - start, 1e-9)
-                skipped = _sum_counts(skipped_by_worker)
-                record = {
-                    "step": global_step,
-                    "loss": step_loss,
-                    "lr": lr_scheduler.get_last_lr()[0],
-                    "steps_per_s": rate,
-                    **{f"skipped_{k}": v for k, v in skipped.items()},
-                }
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-                for k, v in record.items():
-                    if k != "step":
-                        writer.add_scalar(f"train/{k}", v, global_step)
+            losses[global_step] = loss
+            logs.step(global_step, loss, stream.skipped())
             if global_step % opts.checkpoint_every == 0 or global_step == opts.max_steps:
-                _save_checkpoint(accelerator, out, global_step, positions, opts, world)
-            if accelerator.is_main_process and opts.validate_every and global_step % opts.validate_every == 0:
-                _log_validation(
-                    accelerator.unwrap_model(model),
-                    codec,
-                    noise_scheduler,
-                    config,
-                    val_samples,
-                    writer,
-                    global_step,
-                    opts,
-                    ema,
-                )
-                model.train()
-            last = global_step == opts.max_steps
-            curve_due = opts.val_every and (global_step % opts.val_every == 0 or last)
-            if accelerator.is_main_process and opts.val_data and curve_due:
-                unwrapped = accelerator.unwrap_model(model)
-                point = _val_curve_point(unwrapped, codec, noise_scheduler, config, opts, ema)
-                with (out / VAL_CURVE).open("a") as f:
-                    f.write(json.dumps({"step": global_step, **point}) + "\n")
-                for k, v in point.items():
-                    if isinstance(v, float):
-                        writer.add_scalar(f"val/{k}", v, global_step)
-                model.train()
-            if stop_after_steps is not None and global_step >= stop_after_steps:
-                raise SimulatedKill(f"stopped after step {global_step}")
+                _save(run, global_step, stream)
+            if pipe is not None:
+                _validate(run, pipe, val_samples, logs.writer, global_step)
+            stop_if_asked(global_step, stop_after_steps)
     finally:
-        bar.close()
-        del batch_iter, loader_iter  # shuts the (endless) DataLoader workers down
-        if metrics_file is not None:
-            metrics_file.close()
-        if writer is not None:
-            writer.close()
+        logs.close()
+        stream.close()
+    return losses, global_step
 
-    skipped = _sum_counts(skipped_by_worker)
+
+def _save(run: TrainingRun, step: int, stream) -> None:
+    from train.common import save_checkpoint
+
+    opts, acc = run.opts, run.accelerator
+    samples_seen = step * opts.gradient_accumulation_steps * opts.batch_size * acc.num_processes
+    save_checkpoint(
+        acc, run.out, step, {"world": acc.num_processes, "samples_seen": samples_seen},
+        opts.checkpoints_total_limit,
+        rank_files={f"data_state-rank{acc.process_index}.json": json.dumps(stream.state())},
+    )
+
+
+def _validate(run: TrainingRun, pipe, val_samples, writer, step: int) -> None:
+    """Validation images every ``validate_every`` steps; a val-curve point every ``val_every`` steps and at
+    the last."""
+    from train.validate import log_validation, val_curve_point
+
+    opts = run.opts
+    if opts.validate_every and step % opts.validate_every == 0:
+        log_validation(pipe, val_samples, writer, step, opts.validation_steps, opts.seed, run.ema)
+    curve_due = opts.val_every and (step % opts.val_every == 0 or step == opts.max_steps)
+    if opts.val_data and curve_due:
+        point = val_curve_point(pipe, opts, run.ema)
+        with (run.out / VAL_CURVE).open("a") as f:
+            f.write(json.dumps({"step": step, **point}) + "\n")
+        for k, v in point.items():
+            if isinstance(v, float):
+                writer.add_scalar(f"val/{k}", v, step)
+
+
+def _export(
+    run: TrainingRun, global_step: int, losses: dict[int, float], skipped: dict[str, int]
+) -> dict[str, Any]:
+    """Write ``RUN/final`` (the EMA weights when kept) on the main process."""
+    from core.atomic import atomic_path
+    from train.common import ema_weights
+
+    acc = run.accelerator
     if any(skipped.values()):
-        accelerator.print(f"skipped samples: {skipped}")
-    final = out / "final"
+        acc.print(f"skipped samples: {skipped}")
+    final = run.out / "final"
     pipeline = None
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        from core.atomic import atomic_path
-
-        unwrapped = accelerator.unwrap_model(model)
-        if ema is not None:
-            ema.store(unwrapped.trainable_parameters())
-            ema.copy_to(unwrapped.trainable_parameters())
-        with atomic_path(final) as tmp:
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        with ema_weights(run.unwrapped, run.ema), atomic_path(final) as tmp:
             pipeline = export_pipeline(
-                unwrapped,
-                codec,
-                noise_scheduler,
-                config,
-                global_step=global_step,
-                ema=bool(ema),
-                skipped=skipped,
-                cond_dropout=opts.cond_dropout,  # whether classifier-free guidance means anything
+                run.unwrapped, run.codec, run.noise_scheduler, run.config, global_step=global_step,
+                ema=bool(run.ema), skipped=skipped,
+                cond_dropout=run.opts.cond_dropout,  # whether classifier-free guidance means anything
             )
             pipeline.save_pretrained(tmp, safe_serialization=True)
-        if ema is not None:
-            ema.restore(unwrapped.trainable_parameters())
-        accelerator.print(f"exported {final}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+        acc.print(f"exported {final}")
+    acc.wait_for_everyone()
+    acc.end_training()
     return {"losses": losses, "final": str(final), "global_step": global_step, "pipeline": pipeline}
 
 
@@ -339,101 +463,7 @@ def export_pipeline(model, codec, noise_scheduler, config, **training: Any):
     return pipe
 
 
-def _sum_counts(by_worker: dict[int, dict[str, int]]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for counts in by_worker.values():
-        for k, v in counts.items():
-            total[k] = total.get(k, 0) + v
-    return total
-
-
 def _writer(out: Path):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(out / "logs"))
-
-
-def _validation_samples(urls: list[str], config, opts: TrainOptions):
-    """The first few photos (and depths, for a depth-conditioned model) of the training shards."""
-    if not opts.validate_every:
-        return None
-    from cobl.data import collate, make_dataset
-
-    ds = make_dataset(
-        urls, config.num_objects, config.resolution, shuffle=False, epochs=1, depth=config.depth_condition,
-        depth_source=config.depth_source,
-    )
-    samples = list(itertools.islice(iter(ds), opts.num_validation))
-    return collate(samples) if samples else None
-
-
-def _log_validation(model, codec, noise_scheduler, config, samples, writer, step, opts, ema) -> None:
-    if samples is None:
-        return
-    from train.validate import layer_grid, sample_layers
-
-    model.eval()
-    device = next(model.parameters()).device
-    with _ema_weights(model, ema):
-        layers, background = sample_layers(
-            export_pipeline(model, codec, noise_scheduler, config),
-            samples.photo.to(device),
-            depth=None if samples.depth is None else samples.depth.to(device),
-            steps=opts.validation_steps,
-            seed=opts.seed,
-        )
-    grid = layer_grid(samples.photo.to(device), layers.float(), background.float())
-    writer.add_image("validation/photo|layers|background|recomposition", grid.cpu(), step)
-
-
-@contextlib.contextmanager
-def _ema_weights(model, ema):
-    """Within this block the model holds its EMA weights (when it keeps an EMA)."""
-    if ema is not None:
-        ema.store(model.trainable_parameters())
-        ema.copy_to(model.trainable_parameters())
-    try:
-        yield
-    finally:
-        if ema is not None:
-            ema.restore(model.trainable_parameters())
-
-
-def _val_curve_point(model, codec, noise_scheduler, config, opts: TrainOptions, ema) -> dict[str, Any]:
-    """The guided model on the first ``val_scenes`` val scenes, scored as ``cobl eval`` scores it."""
-    from infer.evaluate import MODEL, evaluate
-
-    model.eval()
-    with _ema_weights(model, ema):
-        metrics = evaluate(
-            export_pipeline(model, codec, noise_scheduler, config), opts.val_data, limit=opts.val_scenes,
-            seed=opts.seed, unguided=False, progress=False, num_inference_steps=opts.val_sampling_steps,
-            min_area=opts.val_min_area,
-        )
-    summary = metrics["methods"][MODEL]
-    return {"scenes": metrics["num_scenes"], **{k: summary.get(k) for k in CURVE_METRICS}}
-
-
-def _save_checkpoint(
-    accelerator, out: Path, step: int, positions: dict[int, int], opts: TrainOptions, world: int
-) -> None:
-    """Write to ``step-N.tmp`` and rename when every rank is done: a killed save never looks complete."""
-    ckpt_root = out / CHECKPOINT_DIR
-    final = ckpt_root / f"step-{step:08d}"
-    tmp = ckpt_root / f"step-{step:08d}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    data_state = {"world": world, "num_workers": opts.num_workers, "positions": positions}
-    (tmp / f"data_state-rank{accelerator.process_index}.json").write_text(json.dumps(data_state))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"global_step": step, "world": world}))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        done = sorted(p for p in ckpt_root.glob("step-*") if not p.name.endswith(".tmp"))
-        for old in done[: max(0, len(done) - opts.checkpoints_total_limit)]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()

@@ -14,10 +14,10 @@ import torch
 from cobl.batch import Batch
 from cobl.codec import encode_condition
 from cobl.data import sample_seed
+from cobl.examples import Examples, codec_dtype, prepare_examples
 from cobl.parametrization import output_from_x0, predict_x0
-from cobl.slots import interchangeable_orders, permute_slots
+from cobl.slots import orders_from_relations, permute_slots
 from core.errors import UserError
-from core.layers import visible_weights
 
 
 def per_sample_noise(
@@ -42,7 +42,7 @@ def diffusion_loss(
     model: Any,
     codec: Any,
     scheduler: Any,
-    batch: Batch,
+    batch: Batch | Examples,
     step: int,
     seed: int = 0,
     snr_gamma: float | None = None,
@@ -52,6 +52,9 @@ def diffusion_loss(
     hidden_weight: float = 0.0,
 ) -> torch.Tensor:
     """Mean over scenes of the (optionally min-SNR weighted) MSE over all slots, channels and pixels.
+
+    ``batch``: decoded scenes (encoded here, every step: the streaming image path) or ``Examples`` prepared
+    once (``cobl.cache``); the loss is the same function of the same numbers either way.
 
     ``object_weight`` W > 0 weighs latent pixels under any object (the union of the amodal alphas, pooled to
     the latent grid) by 1 + W: objects cover a few per cent of a tabletop photo, so a plain mean is dominated
@@ -68,21 +71,22 @@ def diffusion_loss(
     from the chosen clean latents and the same noisy input, so it stays consistent with what the model saw:
     at low noise only the data's own order explains the input, at high noise any interchangeable one does.
     """
-    device = batch.photo.device
+    examples = batch if isinstance(batch, Examples) else prepare_examples(codec, batch)
+    device = examples.latents.device
+    depth = examples.depth if _uses_depth(model) else None
+    if _uses_depth(model) and depth is None:
+        raise UserError(
+            "the model is depth-conditioned (config depth_condition) but the batch has no depth: "
+            "the shard samples need depth.npy",
+            option="data",
+        )
     with torch.no_grad():
-        codec_dtype = next(iter(codec.parameters()), torch.empty(0)).dtype
-        latents = codec.encode_layers(batch.layers.to(codec_dtype), batch.background.to(codec_dtype))
-        depth = batch.depth if _uses_depth(model) else None
-        if _uses_depth(model) and depth is None:
-            raise UserError(
-                "the model is depth-conditioned (config depth_condition) but the batch has no depth: "
-                "the shard samples need depth.npy",
-                option="data",
-            )
-        photo_latents = encode_condition(codec, batch.photo.to(codec_dtype), depth)  # casts the depth
-    latents, photo_latents = latents.float(), photo_latents.float()
+        # encode_condition casts the depth to the photo's dtype
+        photo_latents = encode_condition(codec, examples.photo.to(codec_dtype(codec)), depth)
+    latents, photo_latents = examples.latents, photo_latents.float()
+    timesteps_total = scheduler.config.num_train_timesteps
     noise, timesteps, drop = per_sample_noise(
-        batch.keys, step, seed, tuple(latents.shape[1:]), scheduler.config.num_train_timesteps, cond_dropout
+        examples.keys, step, seed, tuple(latents.shape[1:]), timesteps_total, cond_dropout
     )
     noise, timesteps, drop = noise.to(device), timesteps.to(device), drop.to(device)
     photo_latents = torch.where(drop[:, None, None, None], torch.zeros_like(photo_latents), photo_latents)
@@ -90,21 +94,16 @@ def diffusion_loss(
     prediction_type = scheduler.config.prediction_type
     pred = model(noisy, timesteps, photo_latents)
     weight = torch.ones(1, 1, 1, 1, 1, device=device)
-    alphas = batch.layers[:, :, 3].float().to(device)  # [B, K, H, W]
-    if object_weight > 0:
-        union = alphas.amax(dim=1, keepdim=True)  # [B, 1, H, W]
-        union = torch.nn.functional.adaptive_avg_pool2d(union, latents.shape[-2:])[:, :, None]
-        weight = weight + object_weight * union  # [B, 1, 1, h, w], broadcast over slots and channels
+    if object_weight > 0:  # [B, 1, 1, h, w], broadcast over slots and channels
+        weight = weight + object_weight * examples.object_area[:, :, None]
     if hidden_weight > 0:
-        hidden = (alphas - visible_weights(alphas)).amax(dim=1, keepdim=True)
-        hidden = torch.nn.functional.adaptive_avg_pool2d(hidden, latents.shape[-2:])[:, :, None]
-        weight = weight + hidden_weight * hidden
+        weight = weight + hidden_weight * examples.hidden_area[:, :, None]
     if slot_matching:
         alpha_bar = scheduler.alphas_cumprod.to(device)[timesteps]
         latents = matched_latents(
             predict_x0(pred.detach().float(), noisy, alpha_bar, prediction_type),
             latents,
-            interchangeable_orders(batch.layers),
+            orders_from_relations(examples.occupied, examples.overlap),
             weight,
         )
         target = output_from_x0(latents, noisy, alpha_bar, prediction_type)

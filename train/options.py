@@ -55,6 +55,8 @@ class TrainOptions:
     log_every: int = 10
     num_workers: int = 2
     shuffle_buffer: int = 256
+    cache: str = "auto"  # cobl.cache.TIERS: prepare every scene once (memory / disk) or stream (off)
+    cache_dir: str | None = None  # the disk tier's folder (default RUN/cache)
     seed: int = 0
     progress: bool = True
 

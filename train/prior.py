@@ -11,7 +11,8 @@ The output folder is a diffusers ``UNet2DConditionModel`` (``config.json`` + ``d
 .safetensors``) with ``prior_report.json`` (options, losses, timing), ``samples.png`` (prior samples: what it
 believes an object looks like) and ``README.md`` (the model card). The layer pool is built once and held in
 memory, and each step's draw of layers, timesteps and noise is a function of (seed, step): a run killed and
-rerun resumes from its last checkpoint on the same trajectory; a rerun with other options refuses.
+rerun resumes from its last checkpoint (``train.common``: ``OUT/checkpoints/``, replaced by the model when
+done) on the same trajectory; a rerun with other options refuses.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from typing import Any
 import torch
 
 from core.errors import UserError
+from train.common import SimulatedKill
 from train.options import PriorOptions
 
+__all__ = ["SimulatedKill", "base_fields", "denoising_loss", "layer_pool", "train_prior"]
+
 REPORT = "prior_report.json"
-CHECKPOINT = ".checkpoint"
 # Salt of the per-step generator, so the prior's draws never coincide with the CObL trainer's noise.
 _PRIOR_SALT = 7919
 
@@ -104,19 +107,9 @@ def denoising_loss(unet, prompt, scheduler, latents, alphas, t, noise, object_we
     return (((pred - target) ** 2) * weight).mean() / weight.mean()
 
 
-class SimulatedKill(RuntimeError):
-    """Raised by ``train_prior(..., stop_after_steps=N)``: a crash right after step N, for resume tests."""
-
-
 def train_prior(opts: PriorOptions, stop_after_steps: int | None = None) -> dict[str, Any]:
     """Train (or resume, or skip when finished with the same options) and return the report."""
-    from diffusers import UNet2DConditionModel
-    from tqdm.auto import tqdm
-
     from cobl.configs import get_config
-    from cobl.data import expand_urls
-    from cobl.factory import base_unet_config, make_codec, make_scheduler, tiny_prompt_embedding
-    from core.atomic import atomic_path
 
     out = Path(opts.out)
     for name in ("max_steps", "batch_size", "checkpoint_every"):
@@ -134,120 +127,124 @@ def train_prior(opts: PriorOptions, stop_after_steps: int | None = None) -> dict
             return report
         message = f"{out}: holds a prior trained with other options; choose another --out"
         raise UserError(message, option="out")
-    urls = expand_urls(opts.data)
-    codec = make_codec(config)
-    unet_config = base_unet_config(config, codec)
-    scheduler = make_scheduler(config)
-    prompt = tiny_prompt_embedding(config, unet_config["cross_attention_dim"])
-    timesteps = scheduler.config.num_train_timesteps
-    pool, alphas, keys = layer_pool(urls, config, codec)
-    train_idx, val_idx = _split(keys, opts.val_fraction)
-    if len(train_idx) == 0 or len(val_idx) == 0:
-        raise UserError(f"{len(keys)} layers are too few to hold some out", option="data")
+    return _PriorRun(opts, config, fingerprint).run(stop_after_steps)
 
-    torch.manual_seed(opts.seed)
-    unet = UNet2DConditionModel.from_config(unet_config)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=opts.lr, weight_decay=1e-2)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, opts.max_steps)
-    ckpt_dir = out / CHECKPOINT
-    step, losses, initial_val = 0, [], None
-    if (ckpt_dir / "state.pt").is_file():
-        state = torch.load(ckpt_dir / "state.pt", weights_only=False)
-        if state["options"] != fingerprint:
-            raise UserError(
-                f"{out}: holds a checkpoint of a prior with other options; choose another --out", option="out"
-            )
-        unet.load_state_dict(state["unet"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        step, losses, initial_val = state["step"], state["losses"], state["held_out_loss_init"]
-        print(f"cobl train-prior: resumed from step {step}")
 
-    def held_out_loss() -> float:
+class _PriorRun:
+    """One run of the prior's training: the layer pool, the UNet, its optimizer and checkpoints."""
+
+    def __init__(self, opts: PriorOptions, config: Any, fingerprint: dict[str, Any]):
+        from accelerate import Accelerator
+        from diffusers import UNet2DConditionModel
+
+        from cobl.data import expand_urls
+        from cobl.factory import base_unet_config, make_codec, make_scheduler, tiny_prompt_embedding
+        from train.common import lr_schedule
+
+        self.opts, self.config, self.fingerprint, self.out = opts, config, fingerprint, Path(opts.out)
+        urls = expand_urls(opts.data)
+        self.codec = make_codec(config)
+        unet_config = base_unet_config(config, self.codec)
+        self.scheduler = make_scheduler(config)
+        self.timesteps = self.scheduler.config.num_train_timesteps
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        device = self.accelerator.device
+        self.prompt = tiny_prompt_embedding(config, unet_config["cross_attention_dim"]).to(device)
+        pool, alphas, self.keys = layer_pool(urls, config, self.codec)
+        self.pool, self.alphas = pool.to(device), alphas.to(device)
+        self.train_idx, self.val_idx = _split(self.keys, opts.val_fraction)
+        if len(self.train_idx) == 0 or len(self.val_idx) == 0:
+            raise UserError(f"{len(self.keys)} layers are too few to hold some out", option="data")
+        torch.manual_seed(opts.seed)
+        unet = UNet2DConditionModel.from_config(unet_config)
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=opts.lr, weight_decay=1e-2)
+        schedule = lr_schedule("cosine", optimizer, 0, opts.max_steps, opts.lr)
+        self.unet, self.optimizer, self.schedule = self.accelerator.prepare(unet, optimizer, schedule)
+
+    def loss(self, index: torch.Tensor, step: int, seed: int, batch: int) -> torch.Tensor:
+        """The denoising loss of draw ``step`` (of ``seed``) on the layers ``index`` picks from."""
+        chosen, t, noise = _draw(step, seed, len(index), batch, tuple(self.pool.shape[1:]), self.timesteps)
+        device = self.pool.device
+        chosen = index[chosen].to(device)
+        return denoising_loss(self.unet, self.prompt, self.scheduler, self.pool[chosen], self.alphas[chosen],
+                              t.to(device), noise.to(device), self.opts.object_weight)
+
+    def held_out_loss(self) -> float:
         """The denoising loss on held-out layers at fixed draws (the same for every call)."""
-        unet.eval()
-        total = []
+        self.unet.eval()
         with torch.no_grad():
-            for j in range(8):
-                index, t, noise = _draw(j, opts.seed + 1, len(val_idx), 64, tuple(pool.shape[1:]), timesteps)
-                chosen = val_idx[index]
-                total.append(
-                    float(
-                        denoising_loss(
-                            unet,
-                            prompt,
-                            scheduler,
-                            pool[chosen],
-                            alphas[chosen],
-                            t,
-                            noise,
-                            opts.object_weight,
-                        )
-                    )
-                )
-        unet.train()
+            total = [float(self.loss(self.val_idx, j, self.opts.seed + 1, 64)) for j in range(8)]
+        self.unet.train()
         return sum(total) / len(total)
 
-    if not step:
-        initial_val = held_out_loss()
-    started = time.perf_counter()
-    unet.train()
-    bar = tqdm(total=opts.max_steps, initial=step, desc="train-prior", unit="step", disable=not opts.progress)
-    while step < opts.max_steps:
-        index, t, noise = _draw(
-            step,
-            opts.seed,
-            len(train_idx),
-            opts.batch_size,
-            tuple(pool.shape[1:]),
-            timesteps,
-        )
-        chosen = train_idx[index]
-        loss = denoising_loss(
-            unet, prompt, scheduler, pool[chosen], alphas[chosen], t, noise, opts.object_weight
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        step += 1
-        losses.append(float(loss.detach()))
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
-        if step % opts.checkpoint_every == 0 and step < opts.max_steps:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            state = dict(
-                unet=unet.state_dict(),
-                optimizer=optimizer.state_dict(),
-                schedule=schedule.state_dict(),
-                step=step,
-                losses=losses,
-                options=fingerprint,
-                held_out_loss_init=initial_val,
-            )
-            with atomic_path(ckpt_dir / "state.pt") as tmp:
-                torch.save(state, tmp)
-        if stop_after_steps is not None and step >= stop_after_steps:
-            raise SimulatedKill(f"stopped after step {step}")
-    bar.close()
-    report = {
-        "options": fingerprint,
-        "layers": {"train": len(train_idx), "held_out": len(val_idx), "scenes": len(set(keys))},
-        "loss_first_100": sum(losses[:100]) / max(1, len(losses[:100])),
-        "loss_last_100": sum(losses[-100:]) / max(1, len(losses[-100:])),
-        "held_out_loss_init": initial_val,
-        "held_out_loss": held_out_loss(),
-        "seconds_this_run": round(time.perf_counter() - started, 1),
-        "parameters": sum(p.numel() for p in unet.parameters()),
-    }
-    with atomic_path(out) as tmp:
-        unet.save_pretrained(tmp, safe_serialization=True)
-        write_samples(unet, prompt, scheduler, config, codec, tmp / "samples.png", seed=opts.seed)
-        (tmp / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True))
-        (tmp / "README.md").write_text(model_card(report, opts))
-    return report
+    def resume(self) -> tuple[int, list[float], float | None]:
+        from train.common import latest_checkpoint, load_checkpoint
+
+        ckpt = latest_checkpoint(self.out)
+        if ckpt is None:
+            return 0, [], None
+        state = load_checkpoint(self.accelerator, ckpt)
+        if state["options"] != self.fingerprint:
+            message = f"{self.out}: holds a checkpoint of a prior with other options; choose another --out"
+            raise UserError(message, option="out")
+        print(f"cobl train-prior: resumed from step {state['global_step']}")
+        return state["global_step"], state["losses"], state["held_out_loss_init"]
+
+    def run(self, stop_after_steps: int | None) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        from train.common import save_checkpoint, stop_if_asked
+
+        opts = self.opts
+        step, losses, initial_val = self.resume()
+        if not step:
+            initial_val = self.held_out_loss()
+        started = time.perf_counter()
+        self.unet.train()
+        bar = tqdm(total=opts.max_steps, initial=step, desc="train-prior", unit="step",
+                   disable=not opts.progress)
+        while step < opts.max_steps:
+            loss = self.loss(self.train_idx, step, opts.seed, opts.batch_size)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(loss)
+            self.accelerator.clip_grad_norm_(self.unet.parameters(), 1.0)
+            self.optimizer.step()
+            self.schedule.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
+            if step % opts.checkpoint_every == 0 and step < opts.max_steps:
+                state = dict(options=self.fingerprint, losses=losses, held_out_loss_init=initial_val)
+                save_checkpoint(self.accelerator, self.out, step, state, limit=1)
+            stop_if_asked(step, stop_after_steps)
+        bar.close()
+        return self.finish(losses, initial_val, time.perf_counter() - started)
+
+    def finish(self, losses: list[float], initial_val: float, seconds: float) -> dict[str, Any]:
+        """Write the UNet, its samples, the report and the card to ``out`` at once (replacing checkpoints)."""
+        from core.atomic import atomic_path
+
+        report = {
+            "options": self.fingerprint,
+            "layers": {"train": len(self.train_idx), "held_out": len(self.val_idx),
+                       "scenes": len(set(self.keys))},
+            "loss_first_100": sum(losses[:100]) / max(1, len(losses[:100])),
+            "loss_last_100": sum(losses[-100:]) / max(1, len(losses[-100:])),
+            "held_out_loss_init": initial_val,
+            "held_out_loss": self.held_out_loss(),
+            "seconds_this_run": round(seconds, 1),
+            "parameters": sum(p.numel() for p in self.unet.parameters()),
+        }
+        unet = self.accelerator.unwrap_model(self.unet).to("cpu")
+        with atomic_path(self.out) as tmp:
+            unet.save_pretrained(tmp, safe_serialization=True)
+            write_samples(unet, self.prompt.cpu(), self.scheduler, self.config, self.codec,
+                          tmp / "samples.png", seed=self.opts.seed)
+            (tmp / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True))
+            (tmp / "README.md").write_text(model_card(report, self.opts))
+        return report
 
 
 def write_samples(unet, prompt, scheduler, config, codec, path: Path, seed: int = 0, count: int = 16) -> None:

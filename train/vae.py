@@ -58,12 +58,13 @@ def fit_vae(
 
     from cobl.data import batches, expand_urls, make_dataset, make_loader
     from core.atomic import atomic_path
+    from train.common import lr_schedule
 
     urls = expand_urls(data)
     torch.manual_seed(seed)
     vae = AutoencoderKL(sample_size=resolution, **TINY_VAE_KWARGS)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max_steps)
+    sched = lr_schedule("cosine", opt, 0, max_steps, lr)  # cosine to 0, as the prior's
     num_objects = 99  # keep every scene: the VAE does not care about the slot count
     stream = batches(
         iter(make_loader(make_dataset(urls, num_objects, resolution, seed=seed), num_workers)), batch_size

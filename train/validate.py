@@ -1,10 +1,14 @@
-"""Validation images during training: a short unguided DDIM run of the ``CObLPipeline`` (as the diffusers
-training scripts do), shown as photo | layers | background | recomposition.
+"""Validation during training, through the ``CObLPipeline`` around the model being trained (as the diffusers
+training scripts do): images of a short unguided DDIM run, shown as photo | layers | background |
+recomposition, and the points of the val learning curve (the guided sampler scored as ``cobl eval`` scores).
 
-No composite guidance: it shows how training is going, not the best the sampler can do (``cobl eval``).
+The images use no composite guidance: they show how training is going, not the best the sampler can do.
+Both run with the EMA weights when the trainer keeps an EMA.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -44,3 +48,66 @@ def layer_grid(photo: torch.Tensor, layers: torch.Tensor, background: torch.Tens
         recomposed = composite(layers[i], background[i])
         rows.append(torch.cat([photo[i], *shown, background[i], recomposed], dim=-1))
     return torch.cat(rows, dim=-2).clamp(0, 1)
+
+
+# The learning curve's metrics (``infer.metrics`` summary keys of the guided model).
+CURVE_METRICS = ("amodal_miou", "amodal_miou_occluded", "amodal_miou_strict", "count_accuracy",
+                 "order_accuracy", "hidden_recall")
+
+
+def validation_samples(urls: list[str], pipe: CObLPipeline, count: int):
+    """The first ``count`` photos (and depths, for a depth-conditioned model) of the training shards, as a
+    ``Batch`` read as the model's config says; None when ``count`` is 0 or the shards yield nothing."""
+    import itertools
+
+    from cobl.data import collate, make_dataset
+
+    if not count:
+        return None
+    config = pipe.cobl_config
+    ds = make_dataset(
+        urls, config.num_objects, config.resolution, shuffle=False, epochs=1, depth=config.depth_condition,
+        depth_source=config.depth_source,
+    )
+    samples = list(itertools.islice(iter(ds), count))
+    return collate(samples) if samples else None
+
+
+def log_validation(pipe: CObLPipeline, samples, writer, step: int, steps: int, seed: int, ema=None) -> None:
+    """Sample ``samples``' photos unguided in ``steps`` steps and log the grid to TensorBoard ``writer``."""
+    from train.common import ema_weights
+
+    if samples is None:
+        return
+    model = pipe.unet
+    model.eval()
+    device = next(model.parameters()).device
+    with ema_weights(model, ema):
+        layers, background = sample_layers(
+            pipe,
+            samples.photo.to(device),
+            depth=None if samples.depth is None else samples.depth.to(device),
+            steps=steps,
+            seed=seed,
+        )
+    grid = layer_grid(samples.photo.to(device), layers.float(), background.float())
+    writer.add_image("validation/photo|layers|background|recomposition", grid.cpu(), step)
+    model.train()
+
+
+def val_curve_point(pipe: CObLPipeline, opts: Any, ema=None) -> dict[str, Any]:
+    """The guided model on the first ``opts.val_scenes`` scenes of ``opts.val_data``, scored as ``cobl eval``
+    scores (``opts``: a ``train.options.TrainOptions``)."""
+    from infer.evaluate import MODEL, evaluate
+    from train.common import ema_weights
+
+    model = pipe.unet
+    model.eval()
+    with ema_weights(model, ema):
+        metrics = evaluate(
+            pipe, opts.val_data, limit=opts.val_scenes, seed=opts.seed, unguided=False, progress=False,
+            num_inference_steps=opts.val_sampling_steps, min_area=opts.val_min_area,
+        )
+    model.train()
+    summary = metrics["methods"][MODEL]
+    return {"scenes": metrics["num_scenes"], **{k: summary.get(k) for k in CURVE_METRICS}}
