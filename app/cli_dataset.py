@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from core.policy import RENDER_ENGINES
+from core.policy import DEFAULT_OBJECTS, DEFAULT_RESOLUTION, RENDER_ENGINES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,10 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run", help="render N scenes with Ray into DIR/shards/{split}-{index:06d}.tar (resumable)"
     )
     p.add_argument(
-        "--out", required=True, type=Path, help="dataset directory (created; resumed if it exists)"
+        "--out", required=True, type=Path, help="dataset directory: new or empty (created), or this "
+        "command's own earlier output (resumed)"
     )
     p.add_argument("--scenes", required=True, type=int, help="number of scenes N")
-    p.add_argument("--resolution", type=int, default=128, help="square image size in pixels (default 128)")
+    p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION, help="square image size in pixels")
     p.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel (default 16)")
     p.add_argument("--engine", default="CYCLES", help=f"one of {', '.join(RENDER_ENGINES)} (default CYCLES)")
     p.add_argument(
@@ -30,12 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="dataset seed; scene i uses scene_seed(SEED, i)")
     p.add_argument("--split", default="train=0.9,val=0.05,test=0.05", help="NAME=FRACTION,... summing to 1")
     p.add_argument("--shard-size", type=int, default=1000, help="scenes per shard (default 1000)")
-    p.add_argument("--min-objects", type=int, default=None, help="fewest objects per scene (sampler default)")
+    p.add_argument(
+        "--min-objects",
+        type=int,
+        default=None,
+        help=f"fewest objects per scene (default {DEFAULT_OBJECTS[0]})",
+    )
     p.add_argument(
         "--max-objects",
         type=int,
         default=None,
-        help="most objects per scene = layer slots per sample (sampler default)",
+        help=f"most objects per scene = layer slots per sample (default {DEFAULT_OBJECTS[1]}, the tiny "
+        "model's K)",
     )
     p.add_argument(
         "--completion-fraction",
@@ -68,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="seconds with no live worker (none placed yet, or all lost) before the job stops (default 600)",
     )
-    p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
+    p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines (> 0)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("verify", help="re-check every shard of DIR against DIR/manifest.json")
@@ -87,7 +94,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rerender", help="re-render one scene of dataset DIR alone into a scene directory")
     p.add_argument("dir", type=Path)
     p.add_argument("--index", type=int, required=True, help="dataset scene index (scene id s{index:08d})")
-    p.add_argument("--out", type=Path, required=True, help="scene directory to write (replaced atomically)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="scene directory to write: new or empty, or this command's "
+        "own earlier output with --overwrite"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace this command's own earlier --out")
     p.add_argument(
         "--check",
         action="store_true",
@@ -112,12 +123,17 @@ def _sampler_overrides(args: argparse.Namespace) -> dict:
             raise UserError(
                 f"{args.sampler_config}: expected a JSON object of SamplerConfig fields ({err})"
             ) from None
-        if not isinstance(overrides, dict):
-            raise UserError(f"{args.sampler_config}: expected a JSON object of SamplerConfig fields")
-    if args.min_objects is not None:
-        overrides["min_objects"] = args.min_objects
-    if args.max_objects is not None:
-        overrides["max_objects"] = args.max_objects
+        from core.config_check import check_fields
+        from synth.scene.sampler import SamplerConfig
+
+        check_fields(overrides, SamplerConfig, str(args.sampler_config))  # unknown keys, wrong types
+    from app.flag_checks import default_object_range
+
+    if args.min_objects is not None or "min_objects" not in overrides:
+        overrides["min_objects"] = default_object_range(args.min_objects, args.max_objects)[0]
+    if args.max_objects is not None or "max_objects" not in overrides:
+        low = overrides["min_objects"] if args.min_objects is None else args.min_objects
+        overrides["max_objects"] = default_object_range(low, args.max_objects)[1]
     if args.completion_fraction is not None:
         if not 0 <= args.completion_fraction <= 1:
             raise UserError(
@@ -128,9 +144,12 @@ def _sampler_overrides(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from app.flag_checks import check_run_flags
     from core.errors import UserError
     from synth.dataset.generate import PLACEMENT_TIMEOUT_S, GenerationError, run_generation
     from synth.dataset.plan import make_config, parse_splits
+
+    check_run_flags(args)  # sizes bounded above, seed >= 0, intervals > 0: before anything starts
 
     try:
         config = make_config(
@@ -148,6 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         if err.option == "num_scenes":  # the config's name for the value of --scenes
             raise UserError(err.detail, option="scenes") from None
         raise
+    _check_run_output(args, config)
     timeout = PLACEMENT_TIMEOUT_S if args.placement_timeout is None else args.placement_timeout
     if config.device == "gpu" and args.address is None:
         # A local Ray renders on this machine: without a GPU its workers would wait for one forever.
@@ -170,6 +190,27 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     print(summary.line(), file=sys.stderr)
     return 0
+
+
+def _check_run_output(args: argparse.Namespace, config) -> None:
+    """Before any work: --out new/empty or a dataset of this command (resumed), --address answering, and a
+    notice for each split the fractions leave empty."""
+    from core.outdir import check_output_dir
+    from core.ray_local import check_reachable
+    from synth.dataset.manifest import MANIFEST
+    from synth.dataset.plan import split_counts
+
+    check_output_dir(args.out, "synth run", resumable=True, own_record=MANIFEST)
+    if args.address:
+        check_reachable(args.address)
+    counts = split_counts(config.num_scenes, config.splits)
+    for name, count in counts.items():
+        if count == 0:
+            print(
+                f"cobl synth run: notice: split {name!r} gets 0 of {config.num_scenes} scenes at "
+                f"--split {args.split}: it has no shards (more --scenes, or a larger fraction)",
+                file=sys.stderr,
+            )
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -211,6 +252,7 @@ def _rerender(args: argparse.Namespace) -> int:
     from core import schema
     from core.errors import UserError
     from core.groundtruth import GroundTruth
+    from core.outdir import check_output_dir, mark_output
     from synth.dataset.manifest import SHARDS_DIR, Manifest
     from synth.dataset.plan import GenerationConfig, scene_id
     from synth.dataset.shards import iter_shard
@@ -219,12 +261,14 @@ def _rerender(args: argparse.Namespace) -> int:
     from synth.render.scene_dir import RenderedScene, write_scene_dir
 
     config = GenerationConfig.from_dict(Manifest.load(args.dir).config)
+    check_output_dir(args.out, "synth rerender", overwrite=args.overwrite)
     if not 0 <= args.index < config.num_scenes:
         raise UserError(f"--index: {args.index} should be in [0, {config.num_scenes})")
     members = render_sample(BlenderRenderer(), config, args.index)
     n = len(GroundTruth.from_scene(json.loads(members[schema.SCENE])).objects)
     files = {k: v for k, v in members.items() if schema.layer_index(k) is None or schema.layer_index(k) < n}
     write_scene_dir(RenderedScene(scene_id(args.index), files), args.out)
+    mark_output(args.out, "synth rerender")
     print(args.out)
     if not args.check:
         return 0
@@ -236,7 +280,11 @@ def _rerender(args: argparse.Namespace) -> int:
 
 
 def _seed(args: argparse.Namespace) -> int:
+    from app.flag_checks import check_range
     from synth.dataset.plan import scene_id, scene_seed
+
+    check_range(args, "dataset_seed", 0, 2**63 - 1)
+    check_range(args, "index", 0, 10**8 - 1)
 
     print(f"{scene_id(args.index)} {scene_seed(args.dataset_seed, args.index)}")
     return 0

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from core.errors import UserError
-from core.policy import RENDER_DEVICES, RENDER_ENGINES
+from core.policy import DEFAULT_OBJECTS, DEFAULT_RESOLUTION, RENDER_DEVICES, RENDER_ENGINES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,14 +18,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "scene", help="render one scene's photo, background, layers, ids, depth and scene.json"
     )
     p.add_argument("--seed", type=int, default=0, help="scene seed (with --scenes N: seeds SEED..SEED+N-1)")
-    p.add_argument("--resolution", type=int, default=256, help="square image size in pixels (default 256)")
-    p.add_argument("--out", type=Path, required=True, help="output directory (replaced atomically)")
+    p.add_argument(
+        "--resolution", type=int, default=DEFAULT_RESOLUTION, help="square image size in pixels"
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="output directory: new or empty, or this command's own "
+        "earlier output with --overwrite"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace this command's own earlier --out")
     p.add_argument("--engine", default="CYCLES", help=f"one of {', '.join(RENDER_ENGINES)} (default CYCLES)")
     p.add_argument("--samples", type=int, default=16, help="samples per pixel (default 16)")
     p.add_argument(
         "--denoise", action="store_true", help="run the denoiser (layers then recomposite less exactly)"
     )
-    p.add_argument("--objects", default=None, help="object count range MIN-MAX (sampler default 2-6)")
+    p.add_argument(
+        "--objects", default=None, help="object count range MIN-MAX (default: "
+        f"{DEFAULT_OBJECTS[0]}-{DEFAULT_OBJECTS[1]}, the tiny model's K as the most)"
+    )
     p.add_argument(
         "--min-visible", type=float, default=None, help="each object's visible fraction at least F"
     )
@@ -69,8 +78,10 @@ def _dir_option(name: str, path: Path | None) -> str | None:
 
 def sampler_config(args: argparse.Namespace):
     """The SamplerConfig the options ask for (validated)."""
+    from app.flag_checks import check_render_sizes
     from synth.scene.sampler import SamplerConfig
 
+    check_render_sizes(args)  # upper bounds too: --resolution 100000 fails at once
     if args.resolution < 8:
         raise UserError(f"--resolution: {args.resolution} should be >= 8")
     if args.samples < 1:
@@ -96,8 +107,9 @@ def sampler_config(args: argparse.Namespace):
         hdri_dir=_dir_option("--hdri-dir", args.hdri_dir),
         texture_dir=_dir_option("--texture-dir", args.texture_dir),
     )
-    if args.objects is not None:
-        kwargs["min_objects"], kwargs["max_objects"] = parse_objects(args.objects)
+    kwargs["min_objects"], kwargs["max_objects"] = (
+        parse_objects(args.objects) if args.objects is not None else DEFAULT_OBJECTS
+    )
     if args.min_visible is not None:
         if not 0.0 <= args.min_visible <= 1.0:
             raise UserError(f"--min-visible: {args.min_visible} should be a fraction in [0, 1]")
@@ -121,9 +133,15 @@ def _report_skipped_assets(assets_dir: str | None) -> None:
 
 
 def _scene(args: argparse.Namespace) -> int:
+    from core.outdir import check_output_dir, check_output_file, mark_output
+
     config = sampler_config(args)
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out: {args.out} exists and is not a directory")
+    check_output_dir(args.out, "synth scene", overwrite=args.overwrite)  # before anything is rendered
+    if args.contact_sheet is not None:
+        check_output_file(
+            args.contact_sheet, "synth scene", lambda p: p.suffix.lower() == ".png", overwrite=args.overwrite,
+            option="contact_sheet",
+        )
     _report_skipped_assets(config.assets_dir)
 
     from synth.render.blender.renderer import BlenderRenderer
@@ -156,6 +174,7 @@ def _scene(args: argparse.Namespace) -> int:
             tmp.mkdir()
             for scene in rendered:
                 write_scene_dir(scene, tmp / scene.scene_id)
+    mark_output(args.out, "synth scene")  # so a rerun may replace it (--overwrite), and only it
     print(f"wrote {args.out}")
     if args.contact_sheet is not None:
         from synth.render.contact_sheet import write_contact_sheet

@@ -127,7 +127,7 @@ def test_infer_folder_with_odd_sizes_and_resume(workdir, cli, tmp_path, capsys):
     stamp = (out / "tall" / "order.json").stat().st_mtime_ns
     capsys.readouterr()
     assert cli(args) == 0
-    assert "2 already done" in capsys.readouterr().out
+    assert "2 kept" in capsys.readouterr().out
     assert (out / "tall" / "order.json").stat().st_mtime_ns == stamp
 
 

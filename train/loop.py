@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import shutil
 import time
 import warnings
@@ -123,6 +124,9 @@ def train(opts: TrainOptions, stop_after_steps: int | None = None) -> dict[str, 
     if opts.mixed_precision not in ("no", "fp16", "bf16"):
         raise UserError(f"expected no, fp16 or bf16, got {opts.mixed_precision!r}", option="mixed_precision")
     check_pretrained(config, opts.pretrained)  # before the Accelerator: a bad path fails on one line
+    from train.run_options import prepare_run  # values, run folder, resumed options, data: before any work
+
+    prepare_run(opts, config, urls, main=int(os.environ.get("RANK", "0")) == 0)
 
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
