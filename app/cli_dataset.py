@@ -201,8 +201,6 @@ def _check_run_output(args: argparse.Namespace, config) -> None:
     from synth.dataset.plan import split_counts
 
     check_output_dir(args.out, "synth run", resumable=True, own_record=MANIFEST)
-    if args.address:
-        check_reachable(args.address)
     counts = split_counts(config.num_scenes, config.splits)
     for name, count in counts.items():
         if count == 0:
@@ -211,6 +209,8 @@ def _check_run_output(args: argparse.Namespace, config) -> None:
                 f"--split {args.split}: it has no shards (more --scenes, or a larger fraction)",
                 file=sys.stderr,
             )
+    if args.address:
+        check_reachable(args.address)
 
 
 def _verify(args: argparse.Namespace) -> int:

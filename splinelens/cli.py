@@ -7,6 +7,7 @@ writes its figures and JSON atomically into ``--out``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -213,7 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
 def check_out(out: str) -> None:
     """``--out`` must be a folder something can be written in: tried (a temporary file created and removed
     in the nearest existing folder on the way) before the work, not found out after it."""
-    import os
     import tempfile
 
     path = os.path.abspath(out)
@@ -241,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"splinelens {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    write_json(f"{args.out}/{args.json_name}", result)
-    print(f"wrote {args.out}/{args.json_name}")
+    path = os.path.join(args.out, args.json_name)
+    write_json(path, result)
+    print(f"wrote {path}")
     return 0
 
 
