@@ -232,7 +232,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
+    from app.flag_checks import check_range
     from synth.dataset.datasheet import DEFAULT_CREATOR, DEFAULT_LICENSE
+
+    check_range(args, "gallery_samples", 0, 10_000)
     from synth.dataset.publish import publish
 
     written = publish(

@@ -166,8 +166,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    if args.sampling_steps < 1:
-        raise UserError(f"--sampling-steps: expected a positive integer, got {args.sampling_steps}")
+    if not 1 <= args.sampling_steps <= 10_000:
+        raise UserError(f"--sampling-steps: expected an integer in [1, 10000], got {args.sampling_steps}")
     if not args.guidance_scale >= 0:
         raise UserError(f"--guidance-scale: expected a number >= 0, got {args.guidance_scale}")
     if args.reorder_every < 0:

@@ -16,8 +16,16 @@ def check_range(args: argparse.Namespace, name: str, low: float, high: float = m
     if value is None:
         return
     if not low <= value <= high:
-        span = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
-        raise UserError(f"expected a value {span}, got {value}", option=name)
+        raise UserError(f"expected a value {span(low, high)}, got {value}", option=name)
+
+
+def span(low: float, high: float) -> str:
+    """``>= 1`` or ``in [0, 99999999]``: a range as a reader checks it (integers in full, not 1e+08)."""
+
+    def shown(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+    return f">= {shown(low)}" if high == math.inf else f"in [{shown(low)}, {shown(high)}]"
 
 
 def check_positive(args: argparse.Namespace, name: str) -> None:

@@ -60,6 +60,11 @@ def test_address_that_does_not_answer_is_bounded(capsys, tmp_path):
     assert "no Ray cluster answers" in line
 
 
+def test_publish_gallery_size(capsys, tmp_path):
+    argv = ["synth", "publish", tmp_path, "--gallery-samples", "-1"]
+    assert_refused(capsys, argv, "--gallery-samples", watch=tmp_path)
+
+
 @pytest.mark.parametrize("flag", ["--dataset-seed", "--index"])
 def test_synth_seed_negative(capsys, flag):
     argv = ["synth", "seed", "--dataset-seed", "3", "--index", "2"]

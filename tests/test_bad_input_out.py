@@ -146,3 +146,35 @@ def test_eval_refuses_a_foreign_file_and_keeps_its_own_without_overwrite(capsys,
     assert_refused(capsys, argv, "--out", "--overwrite", watch=home)
     code, _, err = call(capsys, [*argv, "--overwrite"])  # allowed now: it fails on the model instead
     assert code == 2 and "--model" in err and earlier.is_file()
+
+
+def test_atomic_path_never_replaces_the_current_folder(home):
+    from core.atomic import atomic_path
+    from core.errors import UserError
+
+    for target in (".", "..", "/"):
+        with pytest.raises(UserError, match="current directory"):
+            with atomic_path(target) as tmp:
+                tmp.mkdir()
+    assert (home / "in" / "thesis.txt").read_text() == THESIS
+    assert sorted(p.name for p in (home / "in").iterdir()) == ["thesis.txt"]  # no temporary left either
+
+
+def test_atomic_replace_of_a_folder_keeps_the_old_one_when_the_block_fails(tmp_path):
+    from core.atomic import atomic_path
+
+    target = tmp_path / "scene"
+    target.mkdir()
+    (target / "rgb.png").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            (tmp / "rgb.png").write_text("half")
+            raise RuntimeError("killed")
+    assert (target / "rgb.png").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene"]
+    with atomic_path(target) as tmp:
+        (tmp / "f").parent.mkdir()
+        (tmp / "rgb.png").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["rgb.png"] and (target / "rgb.png").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene"]  # the old one, moved aside, is gone

@@ -66,14 +66,20 @@ def check_values(opts: TrainOptions) -> None:
         if value is None:
             continue
         if not (isinstance(value, int | float) and low <= value <= high):  # NaN fails both comparisons
-            span = f">= {low:g}" if high == INF else f"in [{low:g}, {high:g}]"
-            raise UserError(f"expected a value {span}, got {value}", option=name)
+            raise UserError(f"expected a value {_span(low, high)}, got {value}", option=name)
     for name, allowed in CHOICES.items():
         value = getattr(opts, name)
         if value is not None and value not in allowed:
             raise UserError(f"expected one of {', '.join(allowed)}, got {value!r}", option=name)
     if opts.min_lr is not None and opts.lr is not None and opts.min_lr > opts.lr:
         raise UserError(f"{opts.min_lr} is above --lr {opts.lr}", option="min_lr")
+
+
+def _span(low: float, high: float) -> str:
+    def shown(x: float) -> str:  # integers in full (1000000000, not 1e+09), others compactly
+        return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+    return f">= {shown(low)}" if high == INF else f"in [{shown(low)}, {shown(high)}]"
 
 
 def _record(opts: TrainOptions, config: Any) -> dict[str, Any]:
