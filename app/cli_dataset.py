@@ -174,6 +174,8 @@ def _run(args: argparse.Namespace) -> int:
         from synth.render.blender.devices import select_device
 
         select_device("gpu")  # UserError (exit 2, one line) when Cycles finds none
+    for line in empty_split_notices(config, args.split):  # every check passed: the job starts
+        print(line, file=sys.stderr)
     try:
         summary = run_generation(
             args.out,
@@ -193,24 +195,26 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_run_output(args: argparse.Namespace, config) -> None:
-    """Before any work: --out new/empty or a dataset of this command (resumed), --address answering, and a
-    notice for each split the fractions leave empty."""
+    """Before any work: --out new/empty or a dataset of this command (resumed), --address answering."""
     from core.outdir import check_output_dir
     from core.ray_local import check_reachable
     from synth.dataset.manifest import MANIFEST
-    from synth.dataset.plan import split_counts
 
     check_output_dir(args.out, "synth run", resumable=True, own_record=MANIFEST)
-    counts = split_counts(config.num_scenes, config.splits)
-    for name, count in counts.items():
-        if count == 0:
-            print(
-                f"cobl synth run: notice: split {name!r} gets 0 of {config.num_scenes} scenes at "
-                f"--split {args.split}: it has no shards (more --scenes, or a larger fraction)",
-                file=sys.stderr,
-            )
     if args.address:
         check_reachable(args.address)
+
+
+def empty_split_notices(config, split_text: str) -> list[str]:
+    """A notice for each split the fractions leave without a scene (it gets no shard at all)."""
+    from synth.dataset.plan import split_counts
+
+    return [
+        f"cobl synth run: notice: split {name!r} gets 0 of {config.num_scenes} scenes at --split "
+        f"{split_text}: it has no shards (more --scenes, or a larger fraction)"
+        for name, count in split_counts(config.num_scenes, config.splits).items()
+        if count == 0
+    ]
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -38,10 +38,13 @@ def test_help_shows_defaults_and_choices(capsys, argv, shown):
         assert " ".join(fragment.split()) in text, fragment
 
 
-def test_an_empty_split_gets_a_notice(capsys, tmp_path):
-    argv = ["synth", "run", "--scenes", "8", "--out", tmp_path / "d", "--address", "127.0.0.1:1"]
-    code, _, err = call(capsys, argv)
-    assert code == 2 and "split 'test' gets 0 of 8 scenes" in err and not (tmp_path / "d").exists()
+def test_an_empty_split_gets_a_notice():
+    from app.cli_dataset import empty_split_notices
+    from synth.dataset.plan import DEFAULT_SPLITS, make_config
+
+    notices = empty_split_notices(make_config(8, resolution=32), "train=0.9,val=0.05,test=0.05")
+    assert len(notices) == 1 and "split 'test' gets 0 of 8 scenes" in notices[0]
+    assert empty_split_notices(make_config(60, resolution=32, splits=DEFAULT_SPLITS), "...") == []
 
 
 def readme_cli_lines() -> list[list[str]]:
