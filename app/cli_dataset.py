@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run", help="render N scenes with Ray into DIR/shards/{split}-{index:06d}.tar (resumable)"
     )
     p.add_argument(
-        "--out", required=True, type=Path, help="dataset directory (created; resumed if it exists)"
+        "--out", required=True, type=Path, help="dataset directory: new or empty (created), or this "
+        "command's own earlier output (resumed)"
     )
     p.add_argument("--scenes", required=True, type=int, help="number of scenes N")
     add_generation_options(p)
@@ -59,7 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rerender", help="re-render one scene of dataset DIR alone into a scene directory")
     p.add_argument("dir", type=Path)
     p.add_argument("--index", type=int, required=True, help="dataset scene index (scene id s{index:08d})")
-    p.add_argument("--out", type=Path, required=True, help="scene directory to write (replaced atomically)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="scene directory to write: new or empty, or this command's "
+        "own earlier output with --overwrite"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace this command's own earlier --out")
     p.add_argument(
         "--check",
         action="store_true",
@@ -75,16 +80,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from app.flag_checks import check_run_flags
     from synth.dataset.generate import PLACEMENT_TIMEOUT_S, GenerationError, run_generation
     from synth.dataset.plan import parse_splits
 
+    check_run_flags(args)  # sizes bounded above, seed >= 0, intervals > 0: before anything starts
     config = generation_config(args, args.scenes, splits=parse_splits(args.split), shard_size=args.shard_size)
+    _check_run_output(args, config)
     timeout = PLACEMENT_TIMEOUT_S if args.placement_timeout is None else args.placement_timeout
     if config.device == "gpu" and args.address is None:
         # A local Ray renders on this machine: without a GPU its workers would wait for one forever.
         from synth.render.blender.devices import select_device
 
         select_device("gpu")  # UserError (exit 2, one line) when Cycles finds none
+    for line in empty_split_notices(config, args.split):  # every check passed: the job starts
+        print(line, file=sys.stderr)
     try:
         summary = run_generation(
             args.out,
@@ -101,6 +111,29 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     print(summary.line(), file=sys.stderr)
     return 0
+
+
+def _check_run_output(args: argparse.Namespace, config) -> None:
+    """Before any work: --out new/empty or a dataset of this command (resumed), --address answering."""
+    from core.outdir import check_output_dir
+    from core.ray_local import check_reachable
+    from synth.dataset.manifest import MANIFEST
+
+    check_output_dir(args.out, "synth run", resumable=True, own_record=MANIFEST)
+    if args.address:
+        check_reachable(args.address)
+
+
+def empty_split_notices(config, split_text: str) -> list[str]:
+    """A notice for each split the fractions leave without a scene (it gets no shard at all)."""
+    from synth.dataset.plan import split_counts
+
+    return [
+        f"cobl synth run: notice: split {name!r} gets 0 of {config.num_scenes} scenes at --split "
+        f"{split_text}: it has no shards (more --scenes, or a larger fraction)"
+        for name, count in split_counts(config.num_scenes, config.splits).items()
+        if count == 0
+    ]
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -122,7 +155,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
+    from app.flag_checks import check_range
     from synth.dataset.datasheet import DEFAULT_CREATOR, DEFAULT_LICENSE
+
+    check_range(args, "gallery_samples", 0, 10_000)
     from synth.dataset.publish import publish
 
     written = publish(
@@ -144,15 +180,18 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _rerender(args: argparse.Namespace) -> int:
+    from core.outdir import check_output_dir, mark_output
     from synth.dataset.scenes import check_index, compare_with_shard, dataset_config, render_scene
     from synth.render.blender.renderer import BlenderRenderer
     from synth.render.scene_dir import write_scene_dir
 
     config = dataset_config(args.dir)
     check_index(config, args.index)
+    check_output_dir(args.out, "synth rerender", overwrite=args.overwrite)
     with BlenderRenderer(device=config.device) as renderer:
         scene = render_scene(renderer, config, args.index)
     write_scene_dir(scene, args.out)
+    mark_output(args.out, "synth rerender")
     print(args.out)
     if not args.check:
         return 0

@@ -150,8 +150,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="estimate each photo's depth with a transformers depth-estimation model saved in DIR (DPT, "
         "Depth Anything, ...; save_pretrained with its image processor) instead of --depth",
     )
-    p.add_argument("--out", default="cobl_layers", help="output folder (one subfolder per photo)")
-    p.add_argument("--overwrite", action="store_true", help="redo photos whose output folder exists")
+    p.add_argument(
+        "--out", default="cobl_layers", help="output folder (one subfolder per photo): new or empty, or this "
+        "command's own; a result made from the same model, photo, depth and settings is kept, any other "
+        "is recomputed"
+    )
+    p.add_argument("--overwrite", action="store_true", help="recompute every photo, kept results too")
     p.add_argument(
         "--export",
         default=None,
@@ -175,7 +179,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "background, layers, masks; docs/inference.md)",
     )
     e.add_argument("--limit", type=int, default=None, help="evaluate at most N scenes")
-    e.add_argument("--out", default="metrics.json", help="metrics JSON to write")
+    e.add_argument(
+        "--out", default="metrics.json", help="metrics JSON to write (an earlier `cobl eval` result there is "
+        "replaced only with --overwrite)"
+    )
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier `cobl eval` --out")
     e.add_argument("--no-unguided", action="store_true", help="skip the unguided-sampler baseline")
     e.add_argument(
         "--depth-source",
@@ -199,8 +207,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    if args.sampling_steps < 1:
-        raise UserError(f"--sampling-steps: expected a positive integer, got {args.sampling_steps}")
+    if not 1 <= args.sampling_steps <= 10_000:
+        raise UserError(f"--sampling-steps: expected an integer in [1, 10000], got {args.sampling_steps}")
     for name in ("guidance_scale", "condition_scale"):
         if not getattr(args, name) >= 0:
             raise UserError(f"--{name.replace('_', '-')}: expected a number >= 0, got {getattr(args, name)}")
@@ -261,9 +269,11 @@ def run_infer(args: argparse.Namespace) -> int:
     from core import schema
     from core.images import psnr
     from core.layers import composite
+    from core.outdir import check_output_dir, mark_output
     from infer import io
     from infer.layered import export_folders, parse_formats
     from infer.pipeline import decompose
+    from infer.result_key import result_key
 
     _check_options(args)
     export_formats = parse_formats(args.export)
@@ -271,27 +281,21 @@ def run_infer(args: argparse.Namespace) -> int:
     for path in photos:  # every input must open before anything runs
         io.check_photo(path)
     out_root = Path(args.out)
-    if out_root.exists() and not out_root.is_dir():
-        raise UserError(f"--out {out_root}: exists and is not a folder")
+    check_output_dir(out_root, "infer", resumable=True)  # new/empty or its own; writable: before any work
     if args.depth is not None and args.depth_model is not None:
         raise UserError("--depth-model: give either --depth or --depth-model, not both")
     pipe = _load(args)
-    depths = _depth_files(args.depth, photos)
+    _check_depth_use(args, pipe)
+    depths = _depth_files(args.depth, photos, pipe.resolution)
     estimator = _estimator(args) if pipe.uses_depth else None
-    if pipe.uses_depth and depths is None and estimator is None:
-        raise UserError(
-            f"--depth: the model {args.model} is depth-conditioned; give a depth map per photo or "
-            "--depth-model DIR"
-        )
     sampling = _sampling(args)
     settings = {**sampling, "sampler": args.sampler, "seed": args.seed}
-    todo = [
-        (p, n)
-        for p, n in zip(photos, io.output_names(photos), strict=True)
-        if args.overwrite or not (out_root / n).is_dir()
-    ]
+    todo, kept = _results_to_compute(args, pipe, photos, depths, estimator, settings)
+    if todo:
+        out_root.mkdir(parents=True, exist_ok=True)
+        mark_output(out_root, "infer")
     bar = tqdm(todo, desc="infer", unit="photo", disable=len(todo) < 2)
-    for path, name in bar:
+    for path, name, inputs in bar:
         photo = io.load_photo(path)
         depth = None
         if depths is not None:
@@ -321,16 +325,53 @@ def run_infer(args: argparse.Namespace) -> int:
             "contact_sheet": io.CONTACT_SHEET,
             "recomposition_psnr": psnr(composite(result.layers, result.background), photo),
             "seconds": round(seconds, 3),
+            "result_key": result_key(inputs),  # a rerun keeps this folder only for the same inputs
+            "result_inputs": inputs,
         }
         io.write_result(out_root / name, photo, result.layers, result.background, info)
-        bar.set_postfix(objects=len(result.slots))
-    skipped = len(photos) - len(todo)
-    note = f" ({skipped} already done, kept)" if skipped else ""
-    print(f"cobl infer: wrote {len(todo)} result folder(s) under {out_root}{note}")
+        bar.write(f"cobl infer: wrote {out_root / name}/ ({len(result.slots)} objects, {seconds:.1f} s)")
+    note = f", {kept} kept (same model, photo, depth and settings)" if kept else ""
+    print(f"cobl infer: {len(todo)} result folder(s) written under {out_root}/{note}")
     if export_formats:
         layered = export_folders([out_root / n for n in io.output_names(photos)], export_formats)
         print(f"cobl infer: wrote {len(layered)} layered file(s) ({', '.join(export_formats)})")
     return 0
+
+
+def _check_depth_use(args: argparse.Namespace, pipe: Any) -> None:
+    """A depth input the model would ignore is an error, and a depth model needs one."""
+    if not pipe.uses_depth:
+        for name in ("depth", "depth_model"):
+            if getattr(args, name) is not None:
+                raise UserError(f"the model {args.model} takes no depth input; leave it out", option=name)
+    elif args.depth is None and args.depth_model is None:
+        raise UserError(
+            f"the model {args.model} is depth-conditioned; give a depth map per photo or --depth-model DIR",
+            option="depth",
+        )
+
+
+def _results_to_compute(
+    args: argparse.Namespace, pipe: Any, photos: list[Path], depths: dict[Path, Path] | None, estimator: Any,
+    settings: dict[str, Any],
+) -> tuple[list[tuple[Path, str, dict[str, Any]]], int]:
+    """The photos whose result folder is missing or was made from other inputs (``infer.result_key``), with
+    their inputs; and how many are kept."""
+    from infer import io
+    from infer.pipeline import model_folder
+    from infer.result_key import folder_identity, result_inputs, result_key, stored_key
+
+    model_id = folder_identity(model_folder(args.model))
+    depth_model_id = folder_identity(args.depth_model) if estimator is not None else None
+    todo, kept = [], 0
+    for path, name in zip(photos, io.output_names(photos), strict=True):
+        depth = None if depths is None else depths[path]
+        inputs = result_inputs(model_id, path, depth, depth_model_id, settings)
+        if not args.overwrite and stored_key(Path(args.out) / name, io.ORDER) == result_key(inputs):
+            kept += 1
+        else:
+            todo.append((path, name, inputs))
+    return todo, kept
 
 
 def _estimator(args: argparse.Namespace) -> Any:
@@ -345,8 +386,8 @@ def _estimator(args: argparse.Namespace) -> Any:
     return DepthEstimator(args.depth_model, device=device)
 
 
-def _depth_files(depth: str | None, photos: list[Path]) -> dict[Path, Path] | None:
-    """Photo -> its depth file, every one checked to load; None without ``--depth``."""
+def _depth_files(depth: str | None, photos: list[Path], resolution: int) -> dict[Path, Path] | None:
+    """Photo -> its depth file, every one checked (size, finiteness, loads); None without ``--depth``."""
     from cobl.depth import load_depth_file
     from core.policy import IMAGE_SUFFIXES
 
@@ -369,14 +410,27 @@ def _depth_files(depth: str | None, photos: list[Path]) -> dict[Path, Path] | No
         found = {photos[0]: root}
     else:
         raise UserError(f"--depth {root}: no such file or folder")
-    for path in found.values():
-        load_depth_file(path)  # a one-line error before anything is written
+    from infer import io
+
+    for photo, path in found.items():  # a one-line error before anything is written
+        io.check_depth_file(path, io.image_size(photo), resolution)
+        load_depth_file(path)
     return found
+
+
+def _is_eval_result(path: Path) -> bool:
+    """A metrics JSON that ``cobl eval`` wrote (it records its methods and scenes)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"method_order", "methods", "num_scenes"} <= set(doc)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from cobl.data import expand_urls
     from core.atomic import write_text_atomic
+    from core.outdir import check_output_file
     from infer.evaluate import MODEL, evaluate
     from infer.tabletop import check_folder, evaluate_tabletop
 
@@ -386,6 +440,7 @@ def run_eval(args: argparse.Namespace) -> int:
         expand_urls(data)  # a one-line error before the model loads
     else:
         check_folder(data)  # every file's keys, dtypes and sizes, before the model loads
+    check_output_file(args.out, "eval", _is_eval_result, overwrite=args.overwrite)  # writable, not foreign
     pipe = _load(args)
     result = (evaluate if args.tabletop is None else evaluate_tabletop)(
         pipe,
@@ -422,9 +477,11 @@ def run_eval(args: argparse.Namespace) -> int:
     check = result["amodal_completion_check"]
     if check["model_beats_visible_only"] is False:
         print("note: the model does not beat the visible-only baseline on occluded objects: not completing")
+    skipped = {k: v for k, v in result.get("skipped", {}).items() if v}
+    shown = f"; skipped {', '.join(f'{v} {k}' for k, v in skipped.items())}" if skipped else ""
     print(
         f"cobl eval: {result['num_scenes']} scenes -> {args.out} "
-        f"({MODEL} guidance scale {args.guidance_scale})"
+        f"({MODEL} guidance scale {args.guidance_scale}{shown})"
     )
     return 0
 

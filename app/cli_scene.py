@@ -21,7 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_generation_options(p)
     p.add_argument("--index", type=int, default=0, help="the scene's index in the dataset (default 0)")
-    p.add_argument("--out", type=Path, required=True, help="output directory (replaced atomically)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="output directory: new or empty, or this command's own "
+        "earlier output with --overwrite"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace this command's own earlier --out")
     p.add_argument("--threads", type=int, default=0, help="Cycles threads (0 = all cores)")
     p.add_argument(
         "--scenes",
@@ -49,9 +53,15 @@ def _scene(args: argparse.Namespace) -> int:
     for name, low in (("index", 0), ("scenes", 1), ("threads", 0)):
         if (value := getattr(args, name)) < low:
             raise UserError(f"{value} should be >= {low}", option=name)
+    from core.outdir import check_output_dir, check_output_file, mark_output
+
     config = generation_config(args, num_scenes=args.index + args.scenes)
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"{args.out} exists and is not a directory", option="out")
+    check_output_dir(args.out, "synth scene", overwrite=args.overwrite)  # before anything is rendered
+    if args.contact_sheet is not None:
+        check_output_file(
+            args.contact_sheet, "synth scene", lambda p: p.suffix.lower() == ".png", overwrite=args.overwrite,
+            option="contact_sheet",
+        )
     _report_skipped_assets(config.sampler.get("assets_dir"))
 
     from synth.dataset.scenes import render_scene
@@ -83,6 +93,7 @@ def _scene(args: argparse.Namespace) -> int:
             tmp.mkdir()
             for scene in rendered:
                 write_scene_dir(scene, tmp / scene.scene_id)
+    mark_output(args.out, "synth scene")  # so a rerun may replace it (--overwrite), and only it
     print(f"wrote {args.out}")
     if args.contact_sheet is not None:
         from synth.render.contact_sheet import write_contact_sheet

@@ -29,7 +29,11 @@ def register(subparsers) -> None:
         "train-vae", help="fit a tiny AutoencoderKL on shard images (tiny config codec)"
     )
     v.add_argument("--data", required=True, help="shards: brace pattern and/or glob")
-    v.add_argument("--out", required=True, help="output folder for the AutoencoderKL (diffusers format)")
+    v.add_argument(
+        "--out", required=True, help="output folder for the AutoencoderKL (diffusers format): new or empty, "
+        "or this command's own earlier output with --overwrite"
+    )
+    v.add_argument("--overwrite", action="store_true", help="replace this command's own earlier --out")
     v.add_argument("--resolution", type=int, default=64)
     v.add_argument("--max-steps", type=int, default=1500)
     v.add_argument("--batch-size", type=int, default=16)
@@ -43,7 +47,10 @@ def register(subparsers) -> None:
         "train-prior", help="train the tiny config's base UNet as a prior of whole object layers"
     )
     r.add_argument("--data", required=True, help="shards of scenes no CObL split uses (brace pattern, glob)")
-    r.add_argument("--out", required=True, help="output folder (diffusers UNet + model card)")
+    r.add_argument(
+        "--out", required=True, help="output folder (diffusers UNet + model card): new or empty, or this "
+        "command's own earlier (or interrupted) output, which is resumed or kept"
+    )
     r.add_argument("--config", required=True, help="the tiny CObL model config .json the prior is for")
     for name, help_text in (
         ("max_steps", "optimizer steps"),
@@ -78,9 +85,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.num_processes > 1 and "LOCAL_RANK" not in os.environ:
         # Validate cheaply before spawning, so a bad path fails once, on one line.
         from cobl.data import expand_urls
-        from train.loop import resolve_config
+        from train.loop import resolve_config, resolve_recipe
+        from train.run_options import check_values
 
-        resolve_config(opts)
+        check_values(resolve_recipe(opts, resolve_config(opts)))
         expand_urls(opts.data)
         cmd = [
             sys.executable,
@@ -104,7 +112,16 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_train_vae(args: argparse.Namespace) -> int:
+    from app.flag_checks import check_range
+    from core.outdir import check_output_dir, mark_output
+    from core.policy import MAX_RESOLUTION
     from train.vae import fit_vae
+
+    for name, low, high in (("resolution", 8, MAX_RESOLUTION), ("max_steps", 1, 10**9),
+                            ("batch_size", 1, 10**6), ("lr", 1e-12, 10.0), ("seed", 0, 2**32 - 1),
+                            ("num_workers", 0, 256)):  # fmt: skip
+        check_range(args, name, low, high)
+    check_output_dir(args.out, "train-vae", overwrite=args.overwrite)
 
     report = fit_vae(
         args.data,
@@ -116,6 +133,7 @@ def run_train_vae(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_workers=args.num_workers,
     )
+    mark_output(args.out, "train-vae")
     print(
         f"VAE saved to {args.out}: reconstruction PSNR {report['psnr']:.2f} dB "
         f"on {report['num_images']} images"
@@ -124,10 +142,17 @@ def run_train_vae(args: argparse.Namespace) -> int:
 
 
 def run_train_prior(args: argparse.Namespace) -> int:
-    from train.prior import train_prior
+    from app.flag_checks import check_range
+    from core.outdir import check_output_dir, mark_output
+    from train.prior import CHECKPOINT, REPORT, train_prior
+
+    for name, low, high in (("lr", 1e-12, 10.0), ("object_weight", 0, 1e6), ("seed", 0, 2**32 - 1)):
+        check_range(args, name, low, high)
+    check_output_dir(args.out, "train-prior", resumable=True, own_record=(REPORT, CHECKPOINT))
 
     names = PriorOptions.__dataclass_fields__
     report = train_prior(PriorOptions(**{k: v for k, v in vars(args).items() if k in names}))
+    mark_output(args.out, "train-prior")
     print(
         f"prior saved to {args.out}: held-out denoising loss {report['held_out_loss_init']:.4f} -> "
         f"{report['held_out_loss']:.4f} on {report['layers']['held_out']} layers"

@@ -335,7 +335,7 @@ def run_demo(args: argparse.Namespace) -> int:
         resume = stages.begin(name, options, output)
         t0 = time.perf_counter()
         for argv in commands(resume):
-            _cli(argv)
+            _cli([*argv, "--overwrite"] if argv[0] == "eval" else argv)  # a redone stage replaces its own
         stages.mark(name, options, time.perf_counter() - t0)
     t0 = time.perf_counter()
     from app.demo_report import build_report

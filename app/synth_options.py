@@ -15,9 +15,8 @@ from typing import Any
 
 from app.retired import retire
 from core.errors import UserError
-from core.policy import RENDER_DEVICES, RENDER_ENGINES
+from core.policy import DEFAULT_RESOLUTION, RENDER_DEVICES, RENDER_ENGINES
 
-DEFAULT_RESOLUTION = 128
 DEFAULT_SAMPLES = 16
 
 
@@ -83,9 +82,17 @@ def sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
             ) from None
         if not isinstance(overrides, dict):
             raise UserError(f"{args.sampler_config}: expected a JSON object of SamplerConfig fields")
-    for name in ("min_objects", "max_objects"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
+        from core.config_check import check_fields
+        from synth.scene.sampler import SamplerConfig
+
+        check_fields(overrides, SamplerConfig, str(args.sampler_config))  # unknown keys, wrong types
+    from app.flag_checks import default_object_range
+
+    if args.min_objects is not None or "min_objects" not in overrides:
+        overrides["min_objects"] = default_object_range(args.min_objects, args.max_objects)[0]
+    if args.max_objects is not None or "max_objects" not in overrides:
+        low = overrides["min_objects"] if args.min_objects is None else args.min_objects
+        overrides["max_objects"] = default_object_range(low, args.max_objects)[1]
     for name in ("min_visible", "completion_fraction"):
         value = getattr(args, name)
         if value is not None:
@@ -105,8 +112,10 @@ def sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def generation_config(args: argparse.Namespace, num_scenes: int, **plan: Any):
     """The GenerationConfig of the options (``plan``: ``splits``, ``shard_size`` of ``cobl synth run``)."""
+    from app.flag_checks import check_render_sizes
     from synth.dataset.plan import make_config
 
+    check_render_sizes(args)  # upper bounds too: --resolution 100000 fails at once
     if args.seed < 0:
         raise UserError(f"{args.seed} should be >= 0", option="seed")
     if args.device not in RENDER_DEVICES:

@@ -51,6 +51,11 @@ HELP = {
     "cache_dir": "folder of the disk cache (default RUN/cache; share it between runs of the same data, "
     "codec and resolution: entries are fingerprinted and never reused stale)",
     "progress": "show a progress bar",
+    "overwrite": "start over in an --out that holds an earlier run (its checkpoints, logs and final/ are "
+    "deleted; nothing else there)",
+    "lr_scheduler": "learning-rate schedule after the warm-up",
+    "lr_warmup_steps": "linear warm-up steps",
+    "seed": "seed of the initial weights, the data order and the noise",
 }
 
 
@@ -73,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             conv = float if "float" in kind else int if "int" in kind else str
             required = f.default is dataclasses.MISSING
             parser.add_argument(
-                flag, type=conv, required=required, default=None if required else f.default, help=help_text
+                flag, type=conv, required=required, default=None if required else f.default, help=help_text,
+                choices=_choices().get(f.name),
             )
     parser.add_argument(
         "--num-processes",
@@ -81,6 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="local processes (DDP via torch.distributed.run; gloo on CPU, nccl on GPU)",
     )
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The accepted values of the options that take a name (listed by ``--help``, checked by argparse)."""
+    from cobl.configs import PREDICTION_TYPES
+    from train.run_options import CHOICES
+
+    return {**CHOICES, "prediction_type": PREDICTION_TYPES}
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:

@@ -50,6 +50,7 @@ import torch
 
 from cobl.data import _as_is, collate, decode_or_count
 from cobl.examples import Examples, prepare_examples
+from cobl.sample_check import SkipLedger
 from core.errors import UserError
 
 CACHE_FORMAT = 1  # bump when decode_sample, prepare_examples or the stored layout change what a row holds
@@ -207,10 +208,11 @@ class _ShardScenes(torch.utils.data.IterableDataset):
                 warnings.warn(f"skipping unreadable shard data: {exn}", stacklevel=2)
                 return True
 
+            s = self.spec
+            ledger = SkipLedger(counts, s.num_objects, depth=s.depth)  # bounds a shard that has gone bad
             for raw in wds.tarfile_samples([{"url": url}], handler=unreadable):
-                s = self.spec
                 sample = decode_or_count(
-                    raw, counts, s.num_objects, s.resolution, ids=False, depth=s.depth,
+                    raw, ledger, s.num_objects, s.resolution, ids=False, depth=s.depth,
                     depth_source=s.depth_source,
                 )
                 if sample is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.policy import DEPTH_SOURCES
+from core.policy import DEFAULT_OBJECTS, DEFAULT_RESOLUTION, DEPTH_SOURCES
 
 CODEC_KINDS = ("space_to_depth", "vae")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -98,7 +98,11 @@ def tiny_unet_kwargs() -> dict[str, Any]:
     )
 
 
-def tiny_config(num_objects: int = 4, resolution: int = 64) -> CObLConfig:
+def tiny_config(
+    num_objects: int = DEFAULT_OBJECTS[1], resolution: int = DEFAULT_RESOLUTION
+) -> CObLConfig:
+    """The CPU-sized config; its defaults are the data's (``core.policy``): K = the most objects a default
+    scene holds, and the default resolution, so default data trains without a skip or a resize."""
     return CObLConfig(
         name="tiny",
         num_objects=num_objects,
@@ -193,9 +197,13 @@ def get_config(name: str) -> CObLConfig:
     path = Path(name)
     if path.suffix == ".json" and path.is_file():
         try:
-            cfg = CObLConfig.from_dict(json.loads(path.read_text()))
-        except (ValueError, TypeError) as err:
-            raise UserError(f"{path}: not a CObL config JSON ({err})") from None
+            data = json.loads(path.read_text())
+        except (ValueError, OSError) as err:
+            raise UserError(f"{path}: not a CObL config JSON ({err})", option="config") from None
+        from core.config_check import check_fields  # unknown keys (nearest known one named), wrong types
+
+        check_fields(data, CObLConfig, str(path))
+        cfg = CObLConfig.from_dict(data)
         cfg.validate()
         return cfg
     raise UserError(

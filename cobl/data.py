@@ -20,7 +20,6 @@ import itertools
 import json
 import logging
 import random
-import warnings
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +31,7 @@ from PIL import Image
 
 from cobl.batch import Batch, Sample
 from cobl.depth import depth_from_npy_bytes, simulate_monocular
+from cobl.sample_check import SkipLedger, layer_record_mismatch
 from core import schema
 from core.errors import UserError
 from core.layers import ALPHA_CHANNEL, EMPTY_RGB
@@ -170,6 +170,8 @@ def decode_sample(
         ]
     except (KeyError, OSError, ValueError, SyntaxError) as err:
         raise SkipSample(f"sample {key}: {type(err).__name__}: {err}") from err
+    if (why := layer_record_mismatch(scene, [i for i, _ in layer_members], len(layers_u8))) is not None:
+        raise SkipSample(f"sample {key}: {why}")  # e.g. a lost layer member: not a scene with fewer objects
     shapes = {tuple(a.shape[:2]) for a in [photo_u8, background_u8, *layers_u8]}
     if ids_u8 is not None:
         shapes.add(tuple(ids_u8.shape))
@@ -236,17 +238,16 @@ def decode_sample(
     )
 
 
-def decode_or_count(
-    sample: dict[str, Any], counts: dict[str, int], *args: Any, **kwargs: Any
-) -> Sample | None:
-    """``decode_sample``, or None for a sample the pipeline drops: counted in ``counts[reason]`` and warned
-    about, never fatal."""
+def decode_or_count(sample: dict[str, Any], ledger: SkipLedger, *args: Any, **kwargs: Any) -> Sample | None:
+    """``decode_sample``, counted in ``ledger`` (``cobl.sample_check``): None for a sample the pipeline drops
+    (warned about once per reason), ``LoaderStopped`` when the stream has gone bad."""
     try:
-        return decode_sample(sample, *args, **kwargs)
+        out = decode_sample(sample, *args, **kwargs)
     except SkipSample as err:
-        counts[err.reason] = counts.get(err.reason, 0) + 1
-        warnings.warn(f"skipping {err} ({counts[err.reason]} {err.reason} so far)", stacklevel=3)
+        ledger.skipped(err.reason, str(err))
         return None
+    ledger.decoded()
+    return out
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -294,8 +295,7 @@ class LayerDataset(torch.utils.data.IterableDataset):
         import webdataset as wds
 
         def warn_and_count(exn: Exception) -> bool:
-            self.counts["corrupt"] += 1
-            warnings.warn(f"skipping unreadable shard data: {exn}", stacklevel=2)
+            self._ledger.skipped("corrupt", f"unreadable shard data: {exn}")
             return True
 
         pipeline = wds.DataPipeline(
@@ -314,6 +314,8 @@ class LayerDataset(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[Sample]:
         gw = self.global_worker()
+        # counts skips, warns once per reason, stops a stream that has gone bad (cobl.sample_check)
+        self._ledger = ledger = SkipLedger(self.counts, self.num_objects, depth=self.depth)
         raw: Iterator[dict[str, Any]] = self._raw_samples()
         if self.shuffle:
             rng = random.Random(self.seed * 7919 + gw)
@@ -323,12 +325,11 @@ class LayerDataset(torch.utils.data.IterableDataset):
             if position < start:
                 continue
             out = decode_or_count(
-                sample, self.counts, self.num_objects, self.resolution, ids=self.ids, depth=self.depth,
+                sample, ledger, self.num_objects, self.resolution, ids=self.ids, depth=self.depth,
                 depth_source=self.depth_source,
             )
             if out is None:
                 continue
-            self.counts["decoded"] += 1
             out.worker = gw
             out.position = position
             out.skipped = {k: v for k, v in self.counts.items() if k != "decoded"}

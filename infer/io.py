@@ -9,6 +9,7 @@ model), and the padded band is excluded from the guidance loss through ``Letterb
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,43 +18,78 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from core import schema
 from core.atomic import atomic_path
 from core.errors import UserError
 from core.images import over_checkerboard, to_uint8
 from core.layers import composite
-from core.policy import IMAGE_SUFFIXES
+from core.policy import IMAGE_SUFFIXES, MAX_PHOTO_PIXELS
 
 RECOMPOSITION = "recomposition.png"
 ORDER = "order.json"
 CONTACT_SHEET = "contact_sheet.png"
 
 
+# Pixel modes PIL opens that ``photo_pixels`` reads as a person sees them (16-bit grey "I;16*", 32-bit
+# integer grey "I" holding 16-bit values, float grey "F" in [0, 1], alpha modes over white, CMYK, palettes).
+PHOTO_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
+               "I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # fmt: skip
+
+
+def photo_pixels(img: Image.Image, where: str) -> np.ndarray:
+    """``[H, W, 3]`` float32 in [0, 1] of an opened image, as a viewer shows it: EXIF orientation applied,
+    16-bit grey scaled by 65535 (not clipped to white), transparency composited over white, CMYK and
+    palettes converted."""
+    img = ImageOps.exif_transpose(img)
+    mode = img.mode
+    if mode not in PHOTO_MODES:
+        raise UserError(f"{where}: pixel mode {mode!r} is not a photo ({', '.join(PHOTO_MODES)})")
+    if mode.startswith("I") or mode == "F":
+        grey = np.asarray(img, dtype=np.float64)
+        top = 1.0 if mode == "F" else 65535.0 if mode.startswith("I;16") or grey.max() > 255 else 255.0
+        if not np.isfinite(grey).all() or grey.min() < 0 or grey.max() > top:
+            raise UserError(f"{where}: {mode} pixel values outside [0, {top:g}] (min {grey.min()}, max "
+                            f"{grey.max()})")
+        return np.repeat((grey / top).astype(np.float32)[..., None], 3, axis=2)
+    has_alpha = "A" in mode or "a" in mode or (mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3:4]
+        return rgba[..., :3] * alpha + (1.0 - alpha)  # over white, as a viewer on a white page shows it
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
 def load_photo(path: str | Path) -> torch.Tensor:
-    """An image file as ``[3, H, W]`` float32 in [0, 1] (alpha dropped, greyscale expanded)."""
+    """An image file as ``[3, H, W]`` float32 in [0, 1], read as a person sees it (``photo_pixels``)."""
+    rgb = check_photo(path)
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
+
+
+def check_photo(path: str | Path) -> np.ndarray:
+    """Fail early, with one line, on a path that is not a readable photo of a sane size (the header first,
+    then every pixel); returns its ``photo_pixels``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such image file")
     try:
-        with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height, mode = img.width, img.height, img.mode
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as err:  # fmt: skip
         raise UserError(f"{path}: not a readable image ({type(err).__name__})") from None
-    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
-
-
-def check_photo(path: str | Path) -> None:
-    """Fail early, with one line, on a path that is not a readable image (reads the header only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such image file")
+    if width * height > MAX_PHOTO_PIXELS:
+        raise UserError(f"{path}: {width}x{height} px is above the {MAX_PHOTO_PIXELS} pixels read")
+    if mode not in PHOTO_MODES:
+        raise UserError(f"{path}: pixel mode {mode!r} is not a photo ({', '.join(PHOTO_MODES)})")
     try:
         with Image.open(path) as img:
-            img.size  # noqa: B018 - the header parse is the check
-    except (UnidentifiedImageError, OSError) as err:
-        raise UserError(f"{path}: not a readable image ({type(err).__name__})") from None
+            return photo_pixels(img, str(path))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise UserError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
 
 
 def list_photos(path: str | Path) -> list[Path]:
@@ -175,3 +211,47 @@ def write_result(
         save_png(tmp / RECOMPOSITION, recomposition)
         contact_sheet(photo, layers, background).save(tmp / CONTACT_SHEET, format="PNG")
         (tmp / ORDER).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def check_depth_file(path: str | Path, photo_size: tuple[int, int], resolution: int) -> None:
+    """One-line error (``--depth``) unless ``path`` holds a usable depth map for a photo of ``photo_size``
+    (height, width) and a model of ``resolution``: finite, not empty, the photo's aspect ratio, and not
+    smaller than what the model reads (an 8x8 map for a 32x32 photo is refused, not stretched)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            values = np.load(path, allow_pickle=False)
+        else:
+            with Image.open(path) as img:
+                values = np.asarray(img if img.mode in ("F", "I") or img.mode.startswith("I;16")
+                                    else img.convert("L"))  # fmt: skip
+    except (OSError, ValueError, UnidentifiedImageError) as err:
+        raise UserError(f"{path}: cannot read a depth map ({type(err).__name__})", option="depth") from None
+    if values.ndim != 2 or not np.issubdtype(values.dtype, np.number):
+        raise UserError(f"{path}: expected a 2-D numeric depth map, got {values.dtype} {values.shape}",
+                        option="depth")  # fmt: skip
+    values = values.astype(np.float64)
+    bad = int((~np.isfinite(values)).sum())
+    if bad:
+        raise UserError(f"{path}: {bad} of {values.size} depth values are not finite (NaN or inf)",
+                        option="depth")  # fmt: skip
+    if path.suffix.lower() == ".npy" and (values.min() < 0 or not (values > 0).any()):
+        raise UserError(f"{path}: depth in metres must be >= 0 with some pixel > 0 (0 = unknown)",
+                        option="depth")  # fmt: skip
+    if path.suffix.lower() != ".npy" and values.min() == values.max():
+        raise UserError(f"{path}: every pixel holds the same value: no depth in it", option="depth")
+    (h, w), (ph, pw) = values.shape, photo_size
+    if abs(h * pw - w * ph) > max(h, w, ph, pw):  # aspect ratios differ by more than a pixel's rounding
+        raise UserError(f"{path}: {w}x{h} does not have the photo's aspect ratio ({pw}x{ph})", option="depth")
+    need = min(resolution, ph, pw)
+    if min(h, w) < need:
+        raise UserError(f"{path}: {w}x{h} is smaller than the {need} px the model reads of the photo "
+                        f"({pw}x{ph}); give the depth at the photo's size", option="depth")  # fmt: skip
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file as a viewer shows it (EXIF orientation applied), from its header."""
+    with Image.open(path) as img:
+        width, height = img.size
+        orientation = img.getexif().get(0x0112, 1)
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)

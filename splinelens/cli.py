@@ -7,6 +7,7 @@ writes its figures and JSON atomically into ``--out``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -210,16 +211,39 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def check_out(out: str) -> None:
+    """``--out`` must be a folder something can be written in: tried (a temporary file created and removed
+    in the nearest existing folder on the way) before the work, not found out after it."""
+    import tempfile
+
+    path = os.path.abspath(out)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"--out {out}: exists and is not a folder")
+    base = path
+    while not os.path.exists(base):
+        base = os.path.dirname(base)
+    if not os.path.isdir(base):
+        raise InputError(f"--out {out}: {base} is a file, not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".splinelens-write-check-", dir=base)
+    except OSError as err:
+        raise InputError(f"--out {out}: cannot write in {base} ({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(1)
     try:
+        check_out(args.out)
         result = args.func(args)
     except InputError as exc:
         print(f"splinelens {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    write_json(f"{args.out}/{args.json_name}", result)
-    print(f"wrote {args.out}/{args.json_name}")
+    path = os.path.join(args.out, args.json_name)
+    write_json(path, result)
+    print(f"wrote {path}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 import warnings
 
@@ -182,6 +183,7 @@ def test_fast_decode_is_bit_identical_to_the_reference_decode(size, resolution):
                 files[schema.layer_name(4)],
                 empty_layer_png(size, size),
             )
+            files[schema.SCENE] = json.dumps({"scene_id": "k0", "num_objects": 1}).encode()  # as dropped
         want = _reference_decode(files, 6, resolution)
         for _ in range(2):  # the second pass recognises the empty slots by their bytes
             got = decode_sample(files, num_objects=6, resolution=resolution)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -128,6 +129,9 @@ def _checked(opts: TrainOptions) -> tuple[TrainOptions, Any, list[str]]:
     if opts.cache not in TIERS:
         raise UserError(f"expected one of {', '.join(TIERS)}, got {opts.cache!r}", option="cache")
     check_pretrained(config, opts.pretrained)  # before the Accelerator: a bad path fails on one line
+    from train.run_options import prepare_run as check_run  # values, run folder, resumed options, data
+
+    check_run(opts, config, urls, main=int(os.environ.get("RANK", "0")) == 0)  # before any work
     return opts, config, urls
 
 

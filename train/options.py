@@ -9,6 +9,10 @@ from typing import Any
 
 from core.policy import MIN_OBJECT_AREA
 
+# Learning-rate schedules ``cobl train --lr-scheduler`` accepts: ours (cosine to --min-lr) and diffusers'
+# ``get_scheduler`` names that need no further arguments.
+LR_SCHEDULERS = ("cosine", "linear", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+
 
 @dataclass
 class TrainOptions:
@@ -59,6 +63,7 @@ class TrainOptions:
     cache_dir: str | None = None  # the disk tier's folder (default RUN/cache)
     seed: int = 0
     progress: bool = True
+    overwrite: bool = False  # a fresh run may replace the run its --out holds (train.run_options)
 
 
 @dataclass(frozen=True)

@@ -61,21 +61,15 @@ def run_ray(
     """Train with ``num_workers`` Ray Train workers; ``local`` starts a private local Ray instance.
 
     ``max_failures``: how many times a lost worker restarts the group (from the latest checkpoint)."""
+    from core.ray_local import connect, prepare_env  # auth set before Ray reads it, orphans ended
+
+    prepare_env()
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    os.environ.setdefault("RAY_AUTH_MODE", "token")  # local: Ray makes a token; a cluster's own is needed
-    started = False
-    if not ray.is_initialized():
-        if local:
-            # address="local": always a private instance, never someone else's cluster on this machine
-            ray.init(
-                address="local", num_cpus=max(2, num_workers), include_dashboard=False, log_to_driver=False
-            )
-        else:
-            ray.init(address=address or "auto")
-        started = True
+    # local: a private instance, never someone else's cluster on this machine (Ray makes its token)
+    started = connect(max(2, num_workers), None if local else address or "auto", log_to_driver=not local)
     try:
         trainer = TorchTrainer(
             _worker_loop,

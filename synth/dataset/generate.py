@@ -130,17 +130,9 @@ def ensure_ray(workers: int, address: str | None) -> bool:
 
     Returns True when this call connected, so the caller disconnects again (a job run in-process, e.g. by
     ``cobl demo``, must not leave its private Ray instance behind for whatever runs next)."""
-    import ray
+    from core.ray_local import connect  # auth set before Ray reads it, --address bounded, orphans ended
 
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        # address="local" always starts a fresh instance, never attaching to someone else's cluster.
-        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=True)
-    return True
+    return connect(workers, address)
 
 
 def run_generation(
