@@ -34,7 +34,7 @@ from assets.lighting import sample_lights, sample_world
 from assets.materials import sample_material, sample_table_material
 from assets.shapes import FAMILIES, cached_mesh, make_asset_ref
 from core.camera import NEAR, look_at, project_points
-from core.policy import SAMPLED_MIN_OBJECT_AREA
+from core.policy import DEFAULT_OBJECTS, SAMPLED_MIN_OBJECT_AREA
 from core.spec import (
     AssetRef,
     CameraSpec,
@@ -57,8 +57,8 @@ class SamplingError(RuntimeError):
 class SamplerConfig:
     """Every knob of the scene distribution. Flat and JSON-friendly (tuples become lists and back)."""
 
-    min_objects: int = 2
-    max_objects: int = 4  # the tiny model's K; 5-6 objects rarely all clear min_object_area (docs/dataset.md)
+    min_objects: int = DEFAULT_OBJECTS[0]
+    max_objects: int = DEFAULT_OBJECTS[1]  # the tiny model's K; 5-6 objects rarely all clear min_object_area
     min_visible: float = 0.15  # each object's visible (modal/amodal) fraction at least this
     min_occluded_fraction: float = 0.25  # at least ceil(this * n) objects partly hidden ...
     occluded_threshold: float = 0.05  # ... by at least this fraction of their amodal area
