@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="render scene --index I of dataset --seed S: photo, background, layers, ids, depth, scene.json",
     )
     add_generation_options(p)
-    p.add_argument("--index", type=int, default=0, help="the scene's index in the dataset (default 0)")
+    p.add_argument("--index", type=int, default=0, help="the scene's index in the dataset")
     p.add_argument(
         "--out", type=Path, required=True, help="output directory: new or empty, or this command's own "
         "earlier output with --overwrite"

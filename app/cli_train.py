@@ -144,11 +144,12 @@ def run_train_vae(args: argparse.Namespace) -> int:
 def run_train_prior(args: argparse.Namespace) -> int:
     from app.flag_checks import check_range
     from core.outdir import check_output_dir, mark_output
-    from train.prior import CHECKPOINT, REPORT, train_prior
+    from train.common import CHECKPOINT_DIR
+    from train.prior import REPORT, train_prior
 
     for name, low, high in (("lr", 1e-12, 10.0), ("object_weight", 0, 1e6), ("seed", 0, 2**32 - 1)):
         check_range(args, name, low, high)
-    check_output_dir(args.out, "train-prior", resumable=True, own_record=(REPORT, CHECKPOINT))
+    check_output_dir(args.out, "train-prior", resumable=True, own_record=(REPORT, CHECKPOINT_DIR))
 
     names = PriorOptions.__dataclass_fields__
     report = train_prior(PriorOptions(**{k: v for k, v in vars(args).items() if k in names}))

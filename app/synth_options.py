@@ -28,10 +28,10 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
         "--resolution",
         type=int,
         default=DEFAULT_RESOLUTION,
-        help=f"square image size (default {DEFAULT_RESOLUTION})",
+        help="square image size in pixels",
     )
     p.add_argument(
-        "--samples", type=int, default=DEFAULT_SAMPLES, help="Cycles samples per pixel (default 16)"
+        "--samples", type=int, default=DEFAULT_SAMPLES, help="Cycles samples per pixel"
     )
     p.add_argument("--engine", default="CYCLES", help=f"one of {', '.join(RENDER_ENGINES)} (default CYCLES)")
     p.add_argument(

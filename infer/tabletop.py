@@ -214,7 +214,9 @@ def scene_members(path: Path, key: str) -> tuple[dict[str, bytes], TabletopScene
     members = {
         schema.RGB: _png(arrays["photo"]),
         schema.BACKGROUND: _png(arrays["background"]),
-        schema.SCENE: json.dumps({"tabletop": record.to_dict()}, sort_keys=True).encode("utf-8"),
+        schema.SCENE: json.dumps(
+            {"num_objects": len(order), "tabletop": record.to_dict()}, sort_keys=True
+        ).encode("utf-8"),  # the declared count every sample is checked against (cobl.sample_check)
     }
     for k, slot in enumerate(order):
         members[schema.layer_name(k)] = _png(np.concatenate([rgb[slot], alpha[slot][..., None]], axis=-1))

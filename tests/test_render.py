@@ -108,7 +108,9 @@ def test_partial_renders_equal_full_renders(monkeypatch):
     to what plain renders over generous boxes give (same camera samples in every render)."""
     from synth.render.blender import renderer as renderer_module
 
-    config = SamplerConfig(width=64, height=64, samples=4, min_objects=4, max_objects=4, check_res=64)
+    config = SamplerConfig(
+        width=64, height=64, samples=4, min_objects=4, max_objects=4, check_res=64, min_object_area=0.002
+    )
     spec = sample_scene(11, config)
     with renderer_module.BlenderRenderer(threads=2) as renderer:
         fast = renderer.render(spec)
