@@ -56,13 +56,27 @@ def build_pipeline(args: dict):
     from diffusers import AutoencoderKL, DDPMScheduler
 
     from cobl.codec import VAECodec
-    from cobl.configs import sd21_base_unet_kwargs, sd_config, sd_vae_kwargs
-    from cobl.network import CObLModel
+    from cobl.configs import sd_config, sd_vae_kwargs
     from infer.pipeline import CObLPipeline
 
     torch.manual_seed(0)
     config = sd_config(num_objects=args["num_objects"], resolution=args["resolution"])
-    codec = VAECodec(AutoencoderKL(**sd_vae_kwargs()))
+    device = torch.device(args["device"])
+    with device:  # built where it runs: a GPU initialises SD's 1.2 B parameters in seconds
+        codec = VAECodec(AutoencoderKL(**sd_vae_kwargs()))
+        model = _model(args, config, codec)
+    scheduler = DDPMScheduler(beta_schedule=config.beta_schedule, prediction_type=config.prediction_type)
+    pipe = CObLPipeline.from_parts(model.eval(), scheduler, codec, config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _model(args: dict, config, codec):
+    import torch
+
+    from cobl.configs import sd21_base_unet_kwargs
+    from cobl.network import CObLModel
+
     unet = dict(sd21_base_unet_kwargs() if args["unet"] == "sd21" else SMALL_UNET)
     unet.update(sample_size=config.resolution // codec.downsample, in_channels=4, out_channels=4)
     model = CObLModel(
@@ -76,10 +90,7 @@ def build_pipeline(args: dict):
     )
     with torch.no_grad():
         model.prompt_embedding.normal_()
-    scheduler = DDPMScheduler(beta_schedule=config.beta_schedule, prediction_type=config.prediction_type)
-    pipe = CObLPipeline.from_parts(model.eval(), scheduler, codec, config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(args["device"])
+    return model
 
 
 def use_all_at_once(pipe) -> None:

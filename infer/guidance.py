@@ -28,7 +28,7 @@ for one pass of the codec's decoder at a time (``codec.decoder_pass``: one image
 ``decoder_gradient`` decodes every slot without a graph but the last pass, differentiates the composite with
 respect to the decoded images (cheap, pixel-sized), then pulls that image gradient back through the decoder a
 pass at a time, re-running each pass but the last: a decoder forward more (less the last pass) than holding
-every slot's activations at once, for a seventh of them per pass at K = 6 (14 images, one a pass). The
+every slot's activations at once, for 1/14 of them at K = 6 and 512² (14 images, one a pass). The
 denoiser gradient recomputes the UNet's blocks in its backward pass (``recomputing``) when its activations
 would be large (``RECOMPUTE_DENOISER_ABOVE``), and takes the decoder part from ``decoder_gradient``; in mode
 ``"both"`` the decoder step on the same clean prediction reuses that gradient instead of taking it again.
