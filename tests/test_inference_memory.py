@@ -39,9 +39,11 @@ def stack(vae_codec):
     return x0, photo, valid
 
 
-def test_decoder_gradient_one_image_per_pass_equals_all_at_once(vae_codec, stack):
+@pytest.mark.parametrize("per_pass", [1, 6])  # 16 images: 16 passes, or 6 + 6 + 4 (a last pass that matters)
+def test_decoder_gradient_a_pass_at_a_time_equals_all_at_once(vae_codec, stack, monkeypatch, per_pass):
     x0, photo, valid = stack
-    assert vae_codec.decoder_pass(torch.zeros(16, 4, RES // 2, RES // 2)) == 1
+    monkeypatch.setattr(vae_codec, "decoder_pass_pixels", per_pass * RES * RES)
+    assert vae_codec.decoder_pass(torch.zeros(16, 4, RES // 2, RES // 2)) == per_pass
     bounded = decoder_gradient(vae_codec, x0, photo, valid)
     reference = decoder_gradient_at_once(vae_codec, x0, photo, valid)
     # What the sampler applies: the step normalised to the residual's RMS (values of order 1).
