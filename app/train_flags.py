@@ -19,7 +19,8 @@ HELP = {
     "num_objects": "K object slots (default: tiny 4, sd 6)",
     "resolution": "training image size (default: the config's)",
     "prediction_type": "epsilon | sample | v_prediction (default: the config's)",
-    "batch_size": "scenes per process per micro-step",
+    "batch_size": "scenes per process per micro-step (default: the config's recipe, sd 2 as the authors, "
+    "tiny 8)",
     "gradient_accumulation_steps": "micro-steps per optimizer step",
     "mixed_precision": "no | fp16 | bf16 autocast (default: the config's recipe, sd bf16)",
     "lr": "AdamW learning rate (default: the config's recipe, sd 1e-4, tiny 5e-4)",

@@ -7,6 +7,13 @@ Interface shared by both codecs (all differentiable, values in [0, 1] on the ima
   * ``encode_photo(photo [B,3,H,W]) -> [B,Cp,h,w]``, ``decode_photo(latents) -> [B,3,H,W]``;
   * ``latent_channels`` (C), ``photo_channels`` (Cp), ``depth_channels`` (Cd), ``downsample`` (H / h).
 
+Decoding runs in three parts, so a caller can run the costly middle one piece by piece (composite guidance
+differentiates it one image at a time, ``infer.guidance``): ``decoder_inputs`` (slot latents -> the images the
+decoder network maps one by one), ``run_decoder`` (the network; batch items independent), ``decoder_outputs``
+(-> RGBA in [0, 1]). ``decoder_pass_pixels`` bounds the output pixels of one pass (``decoder_pass``: how many
+images that is, at least one): None = all at once (a reshuffle that keeps no activations), else passes of that
+size (a network whose activations are large at full resolution; docs/training.md, "Inference memory").
+
 ``VAECodec`` encodes a slot's RGB through a frozen ``AutoencoderKL`` and its alpha as a grey image through the
 same VAE, stacking the two latents (C = 2 x the VAE's latent channels): alpha then lives in the latent space
 the UNet already models, and the RGB half of each slot is exactly an SD image latent.
@@ -16,7 +23,9 @@ scaled to [-1, 1]); the tiny config uses it because a frozen codec must reconstr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,16 +44,37 @@ def _to_unit(x: torch.Tensor) -> torch.Tensor:
 
 
 class LayerCodec(nn.Module):
-    """Slot bookkeeping; subclasses implement ``_encode_images``/``_decode_images`` on [-1,1] images."""
+    """Slot bookkeeping; subclasses implement ``_encode_images`` and ``run_decoder`` (+ ``decoder_inputs``/
+    ``_slot_images`` when a slot is not one network image) on [-1, 1] images."""
 
     kind = "base"
     image_channels = NUM_LAYER_CHANNELS  # channels per slot image on the pixel side (RGBA)
+    decoder_pass_pixels: int | None = None  # output pixels per pass of the decoder network (None: all)
 
     def _encode_images(self, images: torch.Tensor) -> torch.Tensor:  # [N, 4, H, W] -> [N, C, h, w]
         raise NotImplementedError
 
-    def _decode_images(self, latents: torch.Tensor) -> torch.Tensor:  # [N, C, h, w] -> [N, 4, H, W]
+    def decoder_inputs(self, latents: torch.Tensor) -> torch.Tensor:
+        """Slot latents ``[N, C, h, w]`` -> the decoder network's inputs ``[M, c, h, w]``."""
+        return latents
+
+    def run_decoder(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The decoder network on ``[m, c, h, w]`` (any subset of ``decoder_inputs``), one pass."""
         raise NotImplementedError
+
+    def decoder_pass(self, inputs: torch.Tensor) -> int:
+        """How many of the network inputs ``[M, c, h, w]`` one pass takes (``decoder_pass_pixels``)."""
+        if self.decoder_pass_pixels is None:
+            return max(1, inputs.shape[0])
+        pixels = inputs.shape[-2] * inputs.shape[-1] * self.downsample**2
+        return max(1, self.decoder_pass_pixels // pixels)
+
+    def _slot_images(self, decoded: torch.Tensor, num_slots: int) -> torch.Tensor:
+        return decoded  # one network image per slot
+
+    def decoder_outputs(self, decoded: torch.Tensor, num_slots: int) -> torch.Tensor:
+        """The network's outputs for all ``M`` inputs -> RGBA images ``[N, 4, H, W]`` in [0, 1]."""
+        return _to_unit(self._slot_images(decoded, num_slots))
 
     def encode_layers(self, layers: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
         b, k = layers.shape[:2]
@@ -56,13 +86,14 @@ class LayerCodec(nn.Module):
 
     def decode_slots(self, latents: torch.Tensor) -> torch.Tensor:
         """Slot latents ``[N, C, h, w]`` -> RGBA images ``[N, 4, H, W]`` in [0, 1], slot by slot."""
-        return _to_unit(self._decode_images(latents))
+        inputs = self.decoder_inputs(latents)
+        decoded = torch.cat([self.run_decoder(part) for part in inputs.split(self.decoder_pass(inputs))])
+        return self.decoder_outputs(decoded, latents.shape[0])
 
     def decode_layers(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, s = latents.shape[:2]
         img = self.decode_slots(latents.flatten(0, 1))
-        img = img.view(b, s, *img.shape[1:])
-        return img[:, :-1], img[:, -1, :3]
+        return split_stack(img.view(b, s, *img.shape[1:]))
 
 
 class SpaceToDepthCodec(LayerCodec):
@@ -89,8 +120,8 @@ class SpaceToDepthCodec(LayerCodec):
     def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return F.pixel_unshuffle(images, self.factor)
 
-    def _decode_images(self, latents: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(latents, self.factor)
+    def run_decoder(self, inputs: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(inputs, self.factor)
 
     @property
     def depth_channels(self) -> int:
@@ -110,6 +141,9 @@ class VAECodec(LayerCodec):
     """A frozen ``AutoencoderKL``: RGB latent + alpha-as-grey latent per slot. Slot C = 2 c, photo Cp = c."""
 
     kind = "vae"
+    # Activations with their gradient are GiBs per 512² image (SD's VAE): one image per pass at 256² and up,
+    # two at 128², where batching still pays on a CPU.
+    decoder_pass_pixels = 2 * 128 * 128
 
     def __init__(self, vae, sample: bool = False):
         super().__init__()
@@ -133,7 +167,7 @@ class VAECodec(LayerCodec):
 
     @property
     def downsample(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_downsample(self.vae.config)
 
     def _encode_rgb(self, rgb: torch.Tensor) -> torch.Tensor:
         dist = self.vae.encode(rgb.to(self.vae.dtype)).latent_dist
@@ -150,12 +184,17 @@ class VAECodec(LayerCodec):
         n = images.shape[0]
         return torch.cat([z[:n], z[n:]], dim=1)
 
-    def _decode_images(self, latents: torch.Tensor) -> torch.Tensor:
+    def decoder_inputs(self, latents: torch.Tensor) -> torch.Tensor:
+        """The RGB latents of the ``N`` slots, then their alpha latents: ``[2N, c, h, w]``."""
         c = self.vae_channels
-        n = latents.shape[0]
-        img = self._decode_rgb(torch.cat([latents[:, :c], latents[:, c:]], dim=0))
-        alpha = img[n:].mean(dim=1, keepdim=True)
-        return torch.cat([img[:n], alpha], dim=1)
+        return torch.cat([latents[:, :c], latents[:, c:]], dim=0)
+
+    def run_decoder(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self._decode_rgb(inputs)
+
+    def _slot_images(self, decoded: torch.Tensor, num_slots: int) -> torch.Tensor:
+        alpha = decoded[num_slots:].mean(dim=1, keepdim=True)
+        return torch.cat([decoded[:num_slots], alpha], dim=1)
 
     @property
     def depth_channels(self) -> int:
@@ -170,6 +209,17 @@ class VAECodec(LayerCodec):
 
     def decode_photo(self, latents: torch.Tensor) -> torch.Tensor:
         return _to_unit(self._decode_rgb(latents))
+
+
+def vae_downsample(vae_config: Mapping[str, Any]) -> int:
+    """Image side / latent side of an ``AutoencoderKL`` config (a dict or ``vae.config``): one halving per
+    block after the first."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def split_stack(slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded slots ``[B, S, 4, H, W]`` -> (layers ``[B, K, 4, H, W]``, background ``[B, 3, H, W]``)."""
+    return slots[:, :-1], slots[:, -1, :3]
 
 
 def encode_condition(codec: LayerCodec, photo: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:

@@ -68,12 +68,11 @@ class CObLConfig:
                 f"config {self.name}: must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}",
                 option="prediction_type",
             )
-        factor = self.space_to_depth_factor if self.codec == "space_to_depth" else 8
-        if self.resolution % (factor * 2) or self.resolution <= 0:
-            raise UserError(
-                f"config {self.name}: must be a positive multiple of {factor * 2}, got {self.resolution}",
-                option="resolution",
-            )
+        if self.resolution <= 0:
+            message = f"config {self.name}: must be positive, got {self.resolution}"
+            raise UserError(message, option="resolution")
+        if self.codec == "space_to_depth":  # a VAE's factor is known once it is loaded (cobl.factory)
+            check_resolution(self, self.space_to_depth_factor, self.unet, "the space-to-depth codec")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -82,6 +81,25 @@ class CObLConfig:
     def from_dict(cls, data: dict[str, Any]) -> CObLConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def unet_downsample(unet: dict[str, Any]) -> int:
+    """Latent side / smallest feature side of a ``UNet2DConditionModel`` config: a halving per level after
+    the first."""
+    return 2 ** (len(unet.get("block_out_channels") or [0]) - 1)
+
+
+def check_resolution(config: CObLConfig, codec_downsample: int, unet: dict[str, Any], codec: str) -> None:
+    """A UserError (``option="resolution"``) unless the image side divides into the codec's latents and then
+    the UNet's levels: a multiple of ``codec_downsample * unet_downsample(unet)`` (64 for Stable
+    Diffusion's VAE and UNet)."""
+    multiple = codec_downsample * unet_downsample(unet)
+    if config.resolution % multiple:
+        raise UserError(
+            f"config {config.name}: must be a multiple of {multiple} ({codec} shrinks {codec_downsample}x, "
+            f"the UNet {unet_downsample(unet)}x more), got {config.resolution}",
+            option="resolution",
+        )
 
 
 def tiny_unet_kwargs() -> dict[str, Any]:
@@ -155,6 +173,24 @@ def sd21_base_unet_kwargs() -> dict[str, Any]:
     )
 
 
+def sd_vae_kwargs() -> dict[str, Any]:
+    """Stable Diffusion's VAE architecture (``AutoencoderKL``, 83,653,863 parameters, 8x / 4-channel
+    latents), to build the real shapes without weights (``cobl.factory.build_shapes``,
+    bench/bench_infer.py)."""
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[128, 256, 512, 512],
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=512,
+        scaling_factor=0.18215,
+    )
+
+
 CONFIGS = {"tiny": tiny_config, "sd": sd_config}
 
 
@@ -162,6 +198,7 @@ CONFIGS = {"tiny": tiny_config, "sd": sd_config}
 class TrainRecipe:
     """A config's training defaults (each overridable by its ``cobl train`` flag; train.options)."""
 
+    batch_size: int  # scenes per process per micro-step
     lr: float
     min_lr: float  # the cosine schedule decays to this
     snr_gamma: float  # min-SNR loss weighting; 0 = off
@@ -174,12 +211,12 @@ class TrainRecipe:
 RECIPES = {
     # Ours, measured on the demo (docs/demo.md): tiny trains from scratch at a high rate in fp32.
     "tiny": TrainRecipe(
-        lr=5e-4, min_lr=0.0, snr_gamma=0.0, cond_dropout=0.0, mixed_precision="no",
+        batch_size=8, lr=5e-4, min_lr=0.0, snr_gamma=0.0, cond_dropout=0.0, mixed_precision="no",
         gradient_checkpointing=False, attention="sdpa",
     ),
     # The authors' recipe (docs/training.md).
     "sd": TrainRecipe(
-        lr=1e-4, min_lr=1e-6, snr_gamma=5.0, cond_dropout=0.1, mixed_precision="bf16",
+        batch_size=2, lr=1e-4, min_lr=1e-6, snr_gamma=5.0, cond_dropout=0.1, mixed_precision="bf16",
         gradient_checkpointing=True, attention="sdpa",
     ),
 }  # fmt: skip

@@ -6,13 +6,14 @@ The trained model is exported and loaded as a diffusers pipeline (``infer.pipeli
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cobl.codec import LayerCodec, SpaceToDepthCodec, VAECodec, load_vae
-from cobl.configs import CObLConfig, sd21_base_unet_kwargs
+from cobl.codec import LayerCodec, SpaceToDepthCodec, VAECodec, load_vae, vae_downsample
+from cobl.configs import CObLConfig, check_resolution, sd21_base_unet_kwargs, sd_vae_kwargs
 from cobl.network import DEPTH_CHANNELS, PHOTO_CHANNELS, CObLModel
 from core.errors import UserError
 
@@ -49,6 +50,11 @@ def _module_options(config: CObLConfig, codec: LayerCodec) -> dict[str, Any]:
     )
 
 
+def load_unet_config(path: Path) -> dict[str, Any]:
+    """``PATH/unet/config.json`` of a diffusers Stable Diffusion folder."""
+    return json.loads((Path(path) / "unet" / "config.json").read_text())
+
+
 def _check_text_folders(path: Path) -> None:
     for part in ("tokenizer", "text_encoder"):
         if not (path / part).is_dir():
@@ -61,7 +67,8 @@ def _check_text_folders(path: Path) -> None:
 
 def check_pretrained(config: CObLConfig, pretrained: str | Path | None) -> None:
     """A one-line UserError unless ``pretrained`` is what ``config`` needs: for ``sd`` (or any given folder)
-    a diffusers Stable Diffusion folder with unet/, tokenizer/ and text_encoder/."""
+    a diffusers Stable Diffusion folder with unet/, tokenizer/ and text_encoder/, whose VAE and UNet take
+    the config's resolution (``cobl.configs.check_resolution``: a multiple of 64 for Stable Diffusion's)."""
     if config.name != "sd" and pretrained is None:
         return
     if pretrained is None:
@@ -72,6 +79,10 @@ def check_pretrained(config: CObLConfig, pretrained: str | Path | None) -> None:
     if not (path / "unet" / "config.json").is_file():
         raise UserError(f"{path}: expected a diffusers Stable Diffusion folder (unet/)", option="pretrained")
     _check_text_folders(path)
+    vae_config = path / "vae" / "config.json"
+    if vae_config.is_file():  # the resolution against the folder's shapes, before any weights load
+        factor = vae_downsample(json.loads(vae_config.read_text()))
+        check_resolution(config, factor, load_unet_config(path), "the VAE")
 
 
 def make_codec(config: CObLConfig, vae: str | Path | None = None) -> LayerCodec:
@@ -148,6 +159,7 @@ def build(
         check_pretrained(config, pretrained)
         path = Path(pretrained)
         codec: LayerCodec = VAECodec(load_vae(vae if vae is not None else path / "vae"))
+        check_resolution(config, codec.downsample, load_unet_config(path), "the VAE")
         model = CObLModel.from_pretrained_sd(
             path, empty_prompt_embedding(path), **_module_options(config, codec)
         )
@@ -155,6 +167,7 @@ def build(
 
     codec = make_codec(config, vae)
     unet_config = base_unet_config(config, codec)
+    check_resolution(config, codec.downsample, unet_config, f"the {codec.kind} codec")
     if prior is not None:
         base = load_prior(prior, unet_config)
         prompt = tiny_prompt_embedding(config, base.config.cross_attention_dim)
@@ -174,8 +187,10 @@ def build_shapes(config: CObLConfig, unet: dict[str, Any] | None = None) -> CObL
     config.validate()
     if config.codec == "vae":
         kwargs = dict(unet or sd21_base_unet_kwargs())
-        kwargs["sample_size"] = config.resolution // 8
-        codec_like = _Shapes(latent_channels=2 * kwargs["in_channels"], downsample=8)
+        factor = vae_downsample(sd_vae_kwargs())
+        check_resolution(config, factor, kwargs, "Stable Diffusion's VAE")
+        kwargs["sample_size"] = config.resolution // factor
+        codec_like = _Shapes(latent_channels=2 * kwargs["in_channels"], downsample=factor)
     else:
         codec_like = SpaceToDepthCodec(config.space_to_depth_factor)
         kwargs = dict(

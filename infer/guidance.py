@@ -23,10 +23,21 @@ mIoU / recomposition PSNR: unguided 0.27 / 18 dB; x0 0.29 / 33 dB; latents 0.44 
 denoiser gradient throughout 0.48 / 33 dB; the default 0.44 / 34 dB. The gradient through the denoiser moves
 objects between slots; the decoder-only one mostly repaints the frontmost slot.
 
+Memory (docs/training.md, "Inference memory"): the gradient is exact but holds the decoder's activations
+for one pass of the codec's decoder at a time (``codec.decoder_pass``: one image at 512²).
+``decoder_gradient`` decodes every slot without a graph but the last pass, differentiates the composite with
+respect to the decoded images (cheap, pixel-sized), then pulls that image gradient back through the decoder a
+pass at a time, re-running each pass but the last: a decoder forward more (less the last pass) than holding
+every slot's activations at once, for 1/14 of them at K = 6 and 512² (14 images, one a pass). The
+denoiser gradient recomputes the UNet's blocks in its backward pass (``recomputing``) when its activations
+would be large (``RECOMPUTE_DENOISER_ABOVE``), and takes the decoder part from ``decoder_gradient``; in mode
+``"both"`` the decoder step on the same clean prediction reuses that gradient instead of taking it again.
+
 Normalised step: the gradient is divided by its RMS (per sample), and scaled per element to ``scale *
 weight(progress) * rms(residual)`` (step kind "residual", our default), so the step shrinks as the
 recomposition converges instead of overshooting a good fit; "noise" scales it with the noise level instead,
 and "unit_norm" is the authors' step of a fixed L2 norm over the whole sample (``normalised_step``).
+
 
 Slot reordering (optional, ``reorder_every``): the authors periodically search the orderings of the object
 slots for the best recomposition. Here the search runs on the decoded prediction in the same [0, 1] range as
@@ -37,11 +48,15 @@ later index is fresh.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from cobl.codec import LayerCodec, split_stack
 from cobl.parametrization import per_sample
 from cobl.slots import occupied_slots, slot_orders
 from core.layers import ALPHA_CHANNEL, composite
@@ -74,6 +89,67 @@ def decoded_error(
     return recomposition_error(layers.clamp(0, 1), background.clamp(0, 1), photo, valid)
 
 
+class DecoderGradient(NamedTuple):
+    """The recomposition error ``L [B]`` of clean latents ``x0`` and its gradient ``dL/dx0``."""
+
+    x0: torch.Tensor
+    grad: torch.Tensor
+    error: torch.Tensor
+
+
+def decoder_gradient_at_once(
+    codec: LayerCodec, x0: torch.Tensor, photo: torch.Tensor, valid: torch.Tensor | None = None
+) -> DecoderGradient:
+    """``dL/dx0`` through the decoder with every slot in one graph: for a codec whose decoder keeps no
+    activations (``decoder_pass_pixels`` None), and the reference ``decoder_gradient`` is checked against."""
+    with torch.enable_grad():
+        x = x0.detach().requires_grad_(True)
+        error = decoded_error(codec.decode_layers, x, photo, valid)
+        (grad,) = torch.autograd.grad(error.sum(), x)
+    return DecoderGradient(x0, grad, error.detach())
+
+
+def decoder_gradient(
+    codec: LayerCodec, x0: torch.Tensor, photo: torch.Tensor, valid: torch.Tensor | None = None
+) -> DecoderGradient:
+    """``dL/dx0`` of ``decoded_error`` for ``x0 [B, S, C, h, w]``, exactly, holding the decoder's activations
+    for one pass (``codec.decoder_pass``) at a time (the module docstring)."""
+    if codec.decoder_pass_pixels is None:
+        return decoder_gradient_at_once(codec, x0, photo, valid)
+    b, s = x0.shape[:2]
+    with torch.enable_grad():
+        flat = x0.detach().flatten(0, 1).requires_grad_(True)
+        inputs = codec.decoder_inputs(flat)  # a reshuffle of the latents: a cheap graph
+    size = codec.decoder_pass(inputs)
+    parts = inputs.detach().split(size)
+    with torch.no_grad():
+        decoded = [codec.run_decoder(part) for part in parts[:-1]]
+    with torch.enable_grad():
+        last_in = parts[-1].clone().requires_grad_(True)
+        last_out = codec.run_decoder(last_in)  # its graph is kept: the backward starts with it
+        images = torch.cat([*decoded, last_out.detach()]).requires_grad_(True)
+        slots = codec.decoder_outputs(images, b * s)
+        layers, background = split_stack(slots.view(b, s, *slots.shape[1:]))
+        error = recomposition_error(layers.clamp(0, 1), background.clamp(0, 1), photo, valid)
+        (d_images,) = torch.autograd.grad(error.sum(), images)
+        d_parts = d_images.split(size)
+        (d_last,) = torch.autograd.grad(last_out, last_in, d_parts[-1])
+        del last_out
+        pairs = zip(parts[:-1], d_parts[:-1], strict=True)
+        d_inputs = torch.cat([*(_pull_back(codec.run_decoder, part, d) for part, d in pairs), d_last])
+        (grad,) = torch.autograd.grad(inputs, flat, d_inputs)
+    return DecoderGradient(x0, grad.view_as(x0), error.detach())
+
+
+def _pull_back(
+    fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, d_outputs: torch.Tensor
+) -> torch.Tensor:
+    """The vector-Jacobian product ``d_outputs^T dfn/dinputs``, its graph freed on return."""
+    x = inputs.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(fn(x), x, d_outputs)
+    return grad
+
+
 def normalised_step(
     grad: torch.Tensor,
     error: torch.Tensor,
@@ -104,19 +180,64 @@ def normalised_step(
 
 def guide_x0(
     x0: torch.Tensor,
-    decode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    codec: LayerCodec,
     photo: torch.Tensor,
     size: float,
     valid: torch.Tensor | None = None,
+    known: DecoderGradient | None = None,
     kind: str = "residual",
     noise_level: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One normalised gradient step on the clean prediction ``x0`` (mode ``"x0"``)."""
-    with torch.enable_grad():
-        x = x0.detach().requires_grad_(True)
-        error = decoded_error(decode, x, photo, valid)
-        (grad,) = torch.autograd.grad(error.sum(), x)
-    return x0 + normalised_step(grad, error, size, kind, noise_level)
+    """One normalised gradient step on the clean prediction ``x0`` (mode ``"x0"``); ``known``, a gradient
+    already taken (by ``denoiser_gradient``), is used when it was taken at this very ``x0``."""
+    if known is None or not torch.equal(known.x0, x0):
+        known = decoder_gradient(codec, x0, photo, valid)
+    return x0 + normalised_step(known.grad, known.error, size, kind, noise_level)
+
+
+# The denoiser gradient recomputes the UNet's blocks in backward (one forward more) once a block's
+# activations pass this many elements (batch x slots x latent pixels x the first level's channels): SD's UNet
+# over 7 slots at 512² (9.2 M) keeps GiBs of them, the demo's tiny model (40 K) a few MiB.
+RECOMPUTE_DENOISER_ABOVE = 2**21
+
+
+def activation_elements(model: nn.Module, latents: torch.Tensor) -> int:
+    """The size of one activation at the denoiser's first level for ``latents [B, S, C, h, w]``."""
+    b, s, _, h, w = latents.shape
+    return b * s * h * w * int(model.unet.config.block_out_channels[0])
+
+
+@contextlib.contextmanager
+def recomputing(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Within: diffusers' gradient checkpointing of ``model`` (each block's activations are recomputed in the
+    backward pass instead of kept); the model's own setting is restored after."""
+    if not enabled or model.is_gradient_checkpointing:
+        yield
+        return
+    model.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        model.disable_gradient_checkpointing()
+
+
+def denoiser_gradient(
+    predict: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    model: nn.Module,
+    codec: LayerCodec,
+    latents: torch.Tensor,
+    photo: torch.Tensor,
+    valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, DecoderGradient]:
+    """``dL/dx_t`` through the denoiser (mode ``"latents"``): ``predict(x) -> (model output, x0)`` runs
+    ``model``. Returns (the output, detached; ``dL/dx_t``; the decoder gradient at its ``x0``)."""
+    recompute = activation_elements(model, latents) > RECOMPUTE_DENOISER_ABOVE
+    with torch.enable_grad(), recomputing(model, recompute):
+        x = latents.detach().requires_grad_(True)
+        out, x0 = predict(x)
+        at_x0 = decoder_gradient(codec, x0.detach(), photo, valid)
+        (grad,) = torch.autograd.grad(x0, x, at_x0.grad)
+    return out.detach(), grad, at_x0
 
 
 def slot_order_error(
@@ -181,4 +302,14 @@ def _shrink(size: int, *images: torch.Tensor | None) -> list[torch.Tensor | None
     return out
 
 
-__all__ = ["MODES", "SCHEDULES", "GuidanceConfig", "best_slot_order", "decoded_error", "guide_x0"]
+__all__ = [
+    "MODES",
+    "SCHEDULES",
+    "DecoderGradient",
+    "GuidanceConfig",
+    "best_slot_order",
+    "decoded_error",
+    "decoder_gradient",
+    "denoiser_gradient",
+    "guide_x0",
+]

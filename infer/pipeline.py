@@ -23,6 +23,7 @@ what diffusers' loader looks up (``sys.modules['cobl.network']``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from cobl.slots import occupied_slots, permute_slots
 from core.errors import UserError
 from core.layers import ALPHA_CHANNEL, EMPTY_RGB, visible_weights
 from core.policy import MIN_OBJECT_AREA
-from infer.guidance import best_slot_order, decoded_error, guide_x0, normalised_step
+from infer.guidance import best_slot_order, denoiser_gradient, guide_x0, normalised_step
 from infer.io import Letterbox
 from infer.settings import (
     DEFAULT_SAMPLING_STEPS,
@@ -144,7 +145,12 @@ class CObLPipeline(DiffusionPipeline):
 
     @property
     def resolution(self) -> int:
-        """Square input size: the UNet's sample size times the codec's downsampling."""
+        """Square input size: the resolution the model was trained at (its saved config). A pipeline
+        assembled without a config (``from_parts(..., config=None)``: tests, benches) has none recorded and
+        takes its UNet's sample size times the codec's downsampling."""
+        saved = self.config.cobl_config
+        if saved is not None:
+            return int(saved["resolution"])
         sample = self.unet.unet.config.sample_size
         sample = sample[0] if isinstance(sample, (list, tuple)) else sample
         return int(sample) * int(self.codec.downsample)
@@ -159,6 +165,13 @@ class CObLPipeline(DiffusionPipeline):
 
     def _decode(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.codec.decode_layers(latents)
+
+    def _predict(
+        self, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor, alpha_bar: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The denoiser's output for latents ``x`` at ``t`` and the clean prediction it implies."""
+        out = self.unet(self.scheduler.scale_model_input(x, t), t.expand(x.shape[0]), condition)
+        return out, predict_x0(out, x, alpha_bar, self.scheduler.config.prediction_type)
 
     def _permute_history(self, perm: torch.Tensor) -> None:
         """Multistep schedulers keep earlier predictions; they must follow a slot reordering."""
@@ -346,17 +359,13 @@ class CObLPipeline(DiffusionPipeline):
             noise_level = (1 - alpha_bar).sqrt()
             t_batch = t.expand(b)
             size = cfg.scale * cfg.weight(i, n)
-            grad = error = None
+            grad = error = known = None
             taken = 0
             if cfg.uses_denoiser_gradient(i, n):
-                with torch.enable_grad():
-                    x = latents.detach().requires_grad_(True)
-                    out = self.unet(self.scheduler.scale_model_input(x, t), t_batch, condition)
-                    error = decoded_error(
-                        self._decode, predict_x0(out, x, alpha_bar, prediction_type), photo, valid
-                    )
-                    (grad,) = torch.autograd.grad(error.sum(), x)
-                out = self._denoise(latents, t, t_batch, condition, cfg, conditional=out.detach())
+                predict = functools.partial(self._predict, t=t, condition=condition, alpha_bar=alpha_bar)
+                out, grad, known = denoiser_gradient(predict, self.unet, self.codec, latents, photo, valid)
+                error = known.error
+                out = self._denoise(latents, t, t_batch, condition, cfg, conditional=out)
             else:
                 out = self._denoise(latents, t, t_batch, condition, cfg)
             x0 = predict_x0(out, latents, alpha_bar, prediction_type)
@@ -376,7 +385,7 @@ class CObLPipeline(DiffusionPipeline):
                 latents, x0, out, grad = state["latents"], state["x0"], state["out"], state["grad"]
 
             if cfg.uses_decoder_gradient(i, n):
-                x0 = guide_x0(x0, self._decode, photo, size, valid, cfg.step, noise_level)
+                x0 = guide_x0(x0, self.codec, photo, size, valid, known, cfg.step, noise_level)
                 changed, taken = True, taken + 1
             if changed:
                 out = output_from_x0(x0, latents, alpha_bar, prediction_type)

@@ -12,6 +12,7 @@ from cobl.parametrization import output_from_x0, predict_x0
 from cobl.slots import permute_slots
 from core.errors import UserError
 from core.layers import composite
+from infer import guidance
 from infer.guidance import (
     GuidanceConfig,
     best_slot_order,
@@ -46,9 +47,7 @@ def test_x0_guidance_step_lowers_recomposition_error(scene):
     x_true = codec.encode_layers(scene["layers"], scene["background"])
     x0 = x_true + 0.5 * torch.randn(x_true.shape, generator=torch.Generator().manual_seed(0))
     before = decoded_error(codec.decode_layers, x0, scene["photo"])
-    after = decoded_error(
-        codec.decode_layers, guide_x0(x0, codec.decode_layers, scene["photo"], 0.5), scene["photo"]
-    )
+    after = decoded_error(codec.decode_layers, guide_x0(x0, codec, scene["photo"], 0.5), scene["photo"])
     assert float(after) < 0.6 * float(before)
     assert torch.allclose(
         decoded_error(codec.decode_layers, x_true, scene["photo"]), torch.zeros(1), atol=1e-10
@@ -177,15 +176,19 @@ def test_weight_schedules():
         GuidanceConfig(mode="nope")
 
 
-@pytest.mark.parametrize("mode,calls", [("x0", 2), ("latents", 2), ("both", 4)])
-def test_guidance_start_skips_early_gradients(pipe, scene, monkeypatch, mode, calls):
-    real_grad, count = torch.autograd.grad, []
+@pytest.mark.parametrize(
+    "mode,gradients,steps", [("x0", 2, [0, 0, 1, 1]), ("latents", 2, [0, 0, 1, 1]), ("both", 2, [0, 0, 2, 1])]
+)
+def test_guidance_start_skips_early_gradients(pipe, scene, monkeypatch, mode, gradients, steps):
+    """No decoder gradient before ``guidance_start``; mode "both" takes its two steps at a step from one
+    decoder gradient (the x0 step reuses the one the denoiser gradient took at the same prediction)."""
+    real, count = guidance.decoder_gradient, []
 
     def counting(*args, **kwargs):
         count.append(1)
-        return real_grad(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(torch.autograd, "grad", counting)
+    monkeypatch.setattr(guidance, "decoder_gradient", counting)
     out = pipe(
         scene["photo"],
         num_inference_steps=4,  # progress 0, 1/3, 2/3, 1: the last two are guided
@@ -195,7 +198,8 @@ def test_guidance_start_skips_early_gradients(pipe, scene, monkeypatch, mode, ca
         denoiser_gradient_until=1.0,
         generator=torch.Generator().manual_seed(0),
     )
-    assert len(count) == calls and torch.isfinite(out.layers).all()
+    assert len(count) == gradients and pipe.guidance_steps == steps
+    assert torch.isfinite(out.layers).all()
 
 
 def test_authors_preset_takes_one_guidance_step_per_step_and_prunes_every_5_steps(pipe, scene):

@@ -26,8 +26,8 @@ class TrainOptions:
     resolution: int | None = None
     prediction_type: str | None = None
     max_steps: int = 1000
-    batch_size: int = 8
     # None: the config's recipe (cobl.configs.RECIPES: sd = the authors', tiny = ours)
+    batch_size: int | None = None
     lr: float | None = None
     min_lr: float | None = None
     lr_scheduler: str = "cosine"
