@@ -101,8 +101,8 @@ def use_all_at_once(pipe) -> None:
     guidance.RECOMPUTE_DENOISER_ABOVE = float("inf")
     bounded = pipeline.guide_x0
 
-    def guide_x0(x0, codec, photo, size, valid=None, known=None):  # noqa: ARG001 - no reuse
-        return bounded(x0, codec, photo, size, valid)
+    def guide_x0(x0, codec, photo, size, valid=None, known=None, *step):  # noqa: ARG001 - no reuse
+        return bounded(x0, codec, photo, size, valid, None, *step)
 
     pipeline.guide_x0 = guide_x0
 

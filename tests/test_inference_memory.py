@@ -117,10 +117,10 @@ def _all_at_once(pipe: CObLPipeline, monkeypatch) -> None:
     monkeypatch.setattr(guidance, "RECOMPUTE_DENOISER_ABOVE", float("inf"))
     bounded = pipeline.guide_x0
     monkeypatch.setattr(
-        pipeline, "guide_x0", lambda x0, codec, photo, size, valid=None, known=None: bounded(
-            x0, codec, photo, size, valid
+        pipeline, "guide_x0", lambda x0, codec, photo, size, valid=None, known=None, *step: bounded(
+            x0, codec, photo, size, valid, None, *step
         )
-    )
+    )  # the same step (kind, noise level), never reusing a known gradient
 
 
 @pytest.mark.parametrize(
