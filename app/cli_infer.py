@@ -112,8 +112,8 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="a named sampler: 'authors' = 20 DDIM steps, classifier-free guidance 1.75, one unit-norm "
         "guidance step per step through the denoiser, order search then empty/hidden-slot removal every 5 "
-        "steps, a weak prior pull; the parts a model cannot use are turned off with a note (replaces the "
-        "sampling options above but --min-area; docs/architecture.md)",
+        "steps, a weak prior pull; the parts a model cannot use are turned off with a note (it sets the "
+        "sampling options above itself, so they must stay at their defaults beside it; docs/architecture.md)",
     )
     p.add_argument(
         "--min-area",
@@ -222,6 +222,27 @@ def _check_options(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')}: expected a fraction in [0, 1], got {value}")
     if getattr(args, "limit", None) is not None and args.limit < 1:
         raise UserError(f"--limit: expected a positive integer, got {args.limit}")
+    replaced = _replaced_by_preset(args)
+    if replaced:
+        raise UserError(
+            f"--preset {args.preset} sets the sampler itself, so {', '.join(replaced)} would be ignored: "
+            "drop them, or drop --preset and give every sampling option"
+        )
+
+
+def _replaced_by_preset(args: argparse.Namespace) -> list[str]:
+    """Sampling options given a non-default value beside ``--preset``, which sets them itself."""
+    if args.preset is None:
+        return []
+    d = GuidanceConfig()
+    defaults = {
+        "sampling_steps": DEFAULT_SAMPLING_STEPS, "sampler": SAMPLERS[0], "guidance_scale": d.scale,
+        "guidance_schedule": d.schedule, "guidance_mode": d.mode, "guidance_start": d.start,
+        "denoiser_gradient_until": d.denoiser_until, "reorder_every": d.reorder_every,
+        "prune_every": d.prune_every, "prior_weight": d.prior_weight, "guidance_step": d.step,
+        "condition_scale": d.condition_scale,
+    }
+    return [f"--{k.replace('_', '-')}" for k, v in defaults.items() if getattr(args, k) != v]
 
 
 def _load(args: argparse.Namespace) -> Any:

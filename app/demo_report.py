@@ -110,8 +110,8 @@ def loss_figure(run: Path, path: Path) -> tuple[float, float]:
 
 def val_curve_figure(run: Path, path: Path, visible_only: dict[str, float]) -> list[dict] | None:
     """The learning curve on val (``RUN/val_curve.jsonl``, written by ``cobl train --val-data``): amodal mIoU,
-    occluded mIoU and count accuracy per point, with the visible-only oracle's values on the whole val split
-    as dashed lines. Returns the points (None when the run has no curve)."""
+    occluded mIoU, count accuracy and hidden precision per point, with the visible-only oracle's values on the
+    whole val split as dashed lines. Returns the points (None when the run has no curve)."""
     curve_file = run / "val_curve.jsonl"
     if not curve_file.is_file():
         return None
@@ -129,8 +129,11 @@ def val_curve_figure(run: Path, path: Path, visible_only: dict[str, float]) -> l
     steps = [p["step"] for p in points]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for key, label in (("amodal_miou", "amodal mIoU"), ("amodal_miou_occluded", "occluded mIoU"),
-                       ("count_accuracy", "count accuracy")):
-        line = ax.plot(steps, [p[key] if p[key] is not None else np.nan for p in points], "o-", label=label)
+                       ("count_accuracy", "count accuracy"), ("hidden_precision", "hidden precision")):
+        values = [p.get(key) for p in points]  # older curves lack the later keys
+        if all(v is None for v in values):
+            continue
+        line = ax.plot(steps, [np.nan if v is None else v for v in values], "o-", label=label)
         if visible_only.get(key) is not None:
             ax.axhline(visible_only[key], ls="--", color=line[0].get_color(), alpha=0.6)
     ax.set_xlabel("training step")

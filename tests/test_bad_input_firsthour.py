@@ -25,7 +25,7 @@ def test_default_data_fits_the_default_model():
         (["synth", "run", "--help"], ["--resolution RESOLUTION", f"(default: {DEFAULT_RESOLUTION})",
                                       "scenes per shard (default 1000)"]),
         (["synth", "scene", "--help"], [f"(default: {DEFAULT_RESOLUTION})", "(default: 0)"]),
-        (["train", "--help"], ["{cosine,linear,", "(default: 1000)", "(default: 8)"]),
+        (["train", "--help"], ["{cosine,linear,", "(default: 1000)", "sd 2 as the authors, tiny 8"]),
         (["train-vae", "--help"], ["(default: 1500)", "(default: 0.001)"]),
         (["infer", "--help"], ["(default: cobl_layers)", "{ddim,"]),
     ],

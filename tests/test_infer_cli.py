@@ -178,7 +178,9 @@ def test_eval_on_tiny_shard_writes_metrics(workdir, cli, tmp_path):
     assert check["visible_only_occluded_miou"] == metrics["methods"]["visible_only"]["amodal_miou_occluded"]
 
 
-@pytest.mark.parametrize("case", ["missing", "not_image", "bad_model", "bad_data", "bad_steps"])
+@pytest.mark.parametrize(
+    "case", ["missing", "not_image", "bad_model", "bad_data", "bad_steps", "preset_conflict"]
+)
 def test_bad_inputs_exit_2_with_one_line(workdir, cli, tmp_path, capsys, case):
     photo = str(workdir / "scene" / schema.RGB)
     model = str(workdir / "run")
@@ -193,6 +195,10 @@ def test_bad_inputs_exit_2_with_one_line(workdir, cli, tmp_path, capsys, case):
     elif case == "bad_data":
         argv = ["eval", "--model", model, "--data", str(tmp_path / "none-*.tar")]
         fragments = ["--data"]
+    elif case == "preset_conflict":  # the preset sets the step itself: never ignore a given option silently
+        argv = ["infer", "--model", model, "--image", photo, "--preset", "authors"]
+        argv += ["--guidance-step", "noise"]
+        fragments = ["--preset authors", "--guidance-step"]
     else:
         argv = ["infer", "--model", model, "--image", photo, "--sampling-steps", "0"]
         fragments = ["--sampling-steps"]
