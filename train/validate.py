@@ -52,8 +52,8 @@ def layer_grid(photo: torch.Tensor, layers: torch.Tensor, background: torch.Tens
 
 # The learning curve's metrics (``infer.metrics`` summary keys of the guided model).
 CURVE_METRICS = ("amodal_miou", "amodal_miou_occluded", "amodal_miou_occluded_min_area_0",
-                 "amodal_miou_strict", "count_accuracy", "order_accuracy", "hidden_recall", "hidden_precision",
-                 "fg_ari")
+                 "amodal_miou_strict", "count_accuracy", "order_accuracy", "hidden_recall",
+                 "hidden_precision", "fg_ari")
 
 
 def validation_samples(urls: list[str], pipe: CObLPipeline, count: int):
