@@ -66,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "min_area": MIN_OBJECT_AREA,  # the small-object rule (alpha mass / image), both sides, every method
     "guidance_scale": 1.0,
     "workers": 2,
+    "threads": 1,  # torch threads of training and evaluation: docs/training.md, "Threads"
     "seed": 0,
 }
 
@@ -121,6 +122,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "objects at or under it are ignored) and for every method "
                    f"(chosen on val, docs/demo.md; default {DEFAULTS['min_area']})")
     p.add_argument("--workers", type=int, default=DEFAULTS["workers"], help="Blender workers")
+    p.add_argument("--threads", type=int, default=DEFAULTS["threads"],
+                   help="torch threads for training and evaluation (0 = one per core; default "
+                   f"{DEFAULTS['threads']}: the tiny model runs as fast on one, and a competing process "
+                   "then costs it nothing; docs/training.md)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument(
         "--gpu-scale",
@@ -141,6 +146,7 @@ def gpu_scale_profile(args: argparse.Namespace) -> None:
     args.max_steps, args.batch_size, args.lr, args.eval_scenes, args.sampling_steps = 20000, 2, 1e-4, 100, 20
     args.object_weight = 0.0
     args.workers = max(args.workers, 8)
+    args.threads = 0
 
 
 class Stages:
@@ -248,6 +254,10 @@ def run_demo(args: argparse.Namespace) -> int:
         gpu_scale_profile(args)
     _check(args)
     prior_sha = check_prior(args)  # before anything is written
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # the in-process stages: train, eval
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     data, run = out / "data", out / "run"
@@ -297,7 +307,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed),
                 "--checkpoint-every", str(max(100, args.max_steps // 10)),
                 # 2 loader workers beside 2 torch threads oversubscribe 2 cores (4.9 vs 5.6 steps/s)
-                "--num-workers", "4" if args.gpu_scale else "1",
+                "--num-workers", "4" if args.gpu_scale else "1", "--threads", str(args.threads),
                 *(["--slot-matching"] if args.slot_matching else []),
                 *(["--prior", str(_prior(args))] if _prior(args) is not None else []),
                 # the learning curve on val (RUN/val_curve.jsonl), sampled as the eval stage samples
@@ -352,6 +362,8 @@ def _check(args: argparse.Namespace) -> None:
                         f"{args.max_objects}")
     if args.max_objects > args.num_objects:
         raise UserError(f"--max-objects: {args.max_objects} exceeds --num-objects {args.num_objects}")
+    if not 0 <= args.threads <= 4096:
+        raise UserError(f"--threads: expected an integer in [0, 4096], got {args.threads}")
     for name in ("scenes", "resolution", "max_steps", "batch_size", "val_scenes", "eval_scenes", "fit_scenes",
                  "sampling_steps", "workers", "codec_factor"):
         if getattr(args, name) < 1:

@@ -46,6 +46,8 @@ HELP = {
     "val_sampling_steps": "sampler steps of the learning-curve evaluation",
     "val_min_area": "the small-object rule of the learning-curve evaluation (as `cobl eval --min-area`)",
     "num_workers": "DataLoader workers per process (decoding; with the cache only while it is filled)",
+    "threads": "torch threads of this process (0 = one per core); a small model on a shared machine runs as "
+    "fast on 1 and is not slowed by a competing process (docs/training.md, Threads)",
     "cache": "auto | memory | disk | off: prepare every scene once (decoded, encoded by the codec) and keep "
     "it in memory (small data) or in --cache-dir (large), or off: decode and encode every batch as it "
     "comes; auto = memory up to 2 GiB (docs/training.md)",

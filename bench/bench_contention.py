@@ -4,8 +4,9 @@
     python bench/bench_contention.py --data 'DIR/data/shards/train-*.tar' [--train-args '--threads 2']
 
 On a 2-core machine a competing process's fair share is one core, so it should cost at most 2x (target);
-with OpenMP's default spin-waiting it cost 2.9x (issue 24); `cobl` now lets its threads wait passively
-(``app/threads.py``).
+with two spin-waiting OpenMP threads it cost 2.9-3.5x (issue 24), with two passive ones the idle step was
+slower than with one thread; the demo trains on one (``--threads``, ``app.demo.DEFAULTS``; docs/training.md).
+A later ``--threads`` in ``--train-args`` wins.
 Each repetition runs `cobl train` (a subprocess, as a user runs it) for ``--warmup + --steps`` steps idle,
 then again while ``python -c 'while True: pass'`` runs; the steady step time is the median of the logged
 per-window step times after the warm-up (``RUN/metrics.jsonl``). Medians over ``--reps`` interleaved pairs.
@@ -37,7 +38,8 @@ def demo_train_argv(data: str, out: Path, config: str, steps: int, window: int) 
         "--num-objects", str(DEFAULTS["num_objects"]), "--object-weight", str(DEFAULTS["object_weight"]),
         "--resolution", str(DEFAULTS["resolution"]), "--max-steps", str(steps),
         "--batch-size", str(DEFAULTS["batch_size"]), "--lr", str(DEFAULTS["lr"]), "--seed", "0",
-        "--num-workers", "1", *(["--slot-matching"] if DEFAULTS["slot_matching"] else []),
+        "--num-workers", "1", "--threads", str(DEFAULTS["threads"]),
+        *(["--slot-matching"] if DEFAULTS["slot_matching"] else []),
         "--checkpoint-every", str(10**9), "--validate-every", "0", "--log-every", str(window),
         "--no-progress",
     ]

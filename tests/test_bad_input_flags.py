@@ -104,6 +104,7 @@ def test_sampler_config_json_is_checked(capsys, tmp_path, doc, fragments):
         (["--mixed-precision", "fp8"], "--mixed-precision"),
         (["--num-objects", "0"], "--num-objects"),
         (["--log-every", "0"], "--log-every"),
+        (["--threads", "-1"], "--threads"),
     ],
 )
 def test_train_values_before_any_work(capsys, tmp_path, shard, extra, flag):

@@ -74,6 +74,7 @@ def test_disk_tier_holds_the_memory_tiers_rows_and_is_reused_only_while_unchange
     for name in ("latents", "photo", "depth", "object_area", "hidden_area", "occupied", "overlap"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert a.keys == b.keys
+    assert memory.skipped == {} and first.skipped == {}  # clean shards: nothing skipped (reads not counted)
 
     again = disk_store(shards, SPEC, codec, "cpu", tmp_path / "c")
     assert (again.filled, again.reused) == (0, 2)

@@ -143,6 +143,8 @@ def _setup(opts: TrainOptions, config) -> TrainingRun:
     from train.common import lr_schedule, make_ema
 
     out = Path(opts.out)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=opts.mixed_precision,

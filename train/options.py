@@ -58,6 +58,7 @@ class TrainOptions:
     val_min_area: float = MIN_OBJECT_AREA  # the small-object rule of cobl eval
     log_every: int = 10
     num_workers: int = 2
+    threads: int = 0  # torch's intra-op threads in this process (0 = torch's default, one per core)
     shuffle_buffer: int = 256
     cache: str = "auto"  # cobl.cache.TIERS: prepare every scene once (memory / disk) or stream (off)
     cache_dir: str | None = None  # the disk tier's folder (default RUN/cache)

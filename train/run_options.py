@@ -37,7 +37,7 @@ OUTCOME_FREE = frozenset({
     "out", "resume", "overwrite", "progress", "num_workers", "log_every", "checkpoint_every",
     "checkpoints_total_limit", "validate_every", "num_validation", "validation_steps", "val_data",
     "val_every", "val_scenes", "val_sampling_steps", "val_min_area", "gradient_checkpointing", "attention",
-    "cache_dir",
+    "cache_dir", "threads",
 })  # fmt: skip
 INF = math.inf
 # name -> (lowest, highest) accepted value, both inclusive; checked after the recipe filled the unset ones
@@ -50,7 +50,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "cond_dropout": (0.0, 1.0), "checkpoint_every": (1, 10**9), "checkpoints_total_limit": (1, 10**6),
     "validate_every": (0, 10**9), "num_validation": (1, 10**4), "validation_steps": (1, 10**4),
     "val_every": (0, 10**9), "val_scenes": (1, 10**8), "val_sampling_steps": (1, 10**4),
-    "val_min_area": (0.0, 1.0), "log_every": (1, 10**9), "num_workers": (0, 256),
+    "val_min_area": (0.0, 1.0), "log_every": (1, 10**9), "num_workers": (0, 256), "threads": (0, 4096),
     "shuffle_buffer": (1, 10**7), "seed": (0, 2**32 - 1),
 }  # fmt: skip
 CHOICES = {
