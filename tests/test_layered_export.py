@@ -179,7 +179,7 @@ GIMP_LIST_LAYERS = """
 """
 
 
-@pytest.mark.skipif(shutil.which("gimp") is None, reason="GIMP is not installed (apt-get install gimp)")
+@pytest.mark.skipif(shutil.which("gimp") is None, reason="GIMP is not installed (Debian package gimp)")
 def test_gimp_opens_the_psd_as_the_same_stack(result, tmp_path):
     """A real editor: GIMP (batch mode) lists the layers top first and flattens them to the recomposition."""
     folder = result / "tall"
