@@ -47,6 +47,7 @@ def main() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4 * len(PLOTTED), 3.2), sharex=True)
     for ax, (key, title) in zip(axes, PLOTTED, strict=True):
@@ -54,6 +55,7 @@ def main() -> None:
             xs = [pt["step"] * args.batch_size for pt in points if pt.get(key) is not None]
             ax.plot(xs, [pt[key] for pt in points if pt.get(key) is not None], "o-", label=f"{label} steps")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
         ax.set_title(f"val {title}", fontsize=10)
         ax.set_xlabel("samples seen")
         ax.set_ylim(0, 1)
