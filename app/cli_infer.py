@@ -26,6 +26,11 @@ from infer.settings import (
     guidance_options,
 )
 
+# The sampling options a preset sets itself (argparse dests).
+PRESET_SETS = ("sampling_steps", "sampler", "guidance_scale", "guidance_schedule", "guidance_mode",
+               "guidance_start", "denoiser_gradient_until", "reorder_every", "prune_every", "prior_weight",
+               "guidance_step", "condition_scale")
+
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     defaults = GuidanceConfig()  # every default below is the pipeline's own (infer.settings)
@@ -130,6 +135,8 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    # what --preset sets itself, with the parser's own defaults (a changed one beside --preset is refused)
+    p.set_defaults(preset_sets={name: p.get_default(name) for name in PRESET_SETS})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -234,15 +241,7 @@ def _replaced_by_preset(args: argparse.Namespace) -> list[str]:
     """Sampling options given a non-default value beside ``--preset``, which sets them itself."""
     if args.preset is None:
         return []
-    d = GuidanceConfig()
-    defaults = {
-        "sampling_steps": DEFAULT_SAMPLING_STEPS, "sampler": SAMPLERS[0], "guidance_scale": d.scale,
-        "guidance_schedule": d.schedule, "guidance_mode": d.mode, "guidance_start": d.start,
-        "denoiser_gradient_until": d.denoiser_until, "reorder_every": d.reorder_every,
-        "prune_every": d.prune_every, "prior_weight": d.prior_weight, "guidance_step": d.step,
-        "condition_scale": d.condition_scale,
-    }
-    return [f"--{k.replace('_', '-')}" for k, v in defaults.items() if getattr(args, k) != v]
+    return [f"--{k.replace('_', '-')}" for k, v in args.preset_sets.items() if getattr(args, k) != v]
 
 
 def _load(args: argparse.Namespace) -> Any:
