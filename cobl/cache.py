@@ -217,7 +217,7 @@ class _ShardScenes(torch.utils.data.IterableDataset):
                 )
                 if sample is not None:
                     yield url, sample
-            yield url, {k: v for k, v in counts.items() if k != "decoded"}  # the ledger counts reads too
+            yield url, counts
 
 
 def fill(
@@ -391,8 +391,7 @@ def disk_store(
             message = f"{url}: no complete cache entry in {cache_dir} after filling"
             raise UserError(message, option="cache_dir")
         for k, v in index["skipped"].items():
-            if k != "decoded":  # entries filled before the reads were left out of the skipped counts
-                skipped[k] = skipped.get(k, 0) + v
+            skipped[k] = skipped.get(k, 0) + v
         for c, keys in enumerate(index["keys"]):
             chunks.append(_Chunk(keys, path=cache_dir / f"{names[url]}-{c:04d}.safetensors"))
     return ExampleStore(chunks, skipped, "disk", filled=len(todo), reused=len(urls) - len(todo))

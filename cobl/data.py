@@ -280,7 +280,7 @@ class LayerDataset(torch.utils.data.IterableDataset):
         self.ids = ids  # decode ids.png (evaluation); training does not need it
         self.depth = depth  # decode depth.npy (only depth-conditioned models need it)
         self.depth_source = depth_source  # "rendered" or "monocular" (cobl.depth.DEPTH_SOURCES)
-        self.counts = {"decoded": 0, "corrupt": 0, "too_many_objects": 0}
+        self.counts = {"corrupt": 0, "too_many_objects": 0}
 
     def _shard_stream(self) -> Iterator[dict[str, str]]:
         epochs = itertools.count() if self.epochs is None else range(self.epochs)
@@ -332,7 +332,7 @@ class LayerDataset(torch.utils.data.IterableDataset):
                 continue
             out.worker = gw
             out.position = position
-            out.skipped = {k: v for k, v in self.counts.items() if k != "decoded"}
+            out.skipped = dict(self.counts)
             yield out
 
 

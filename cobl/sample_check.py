@@ -76,8 +76,7 @@ class SkipLedger:
         self.last: dict[str, str] = {}
 
     def decoded(self) -> None:
-        self.counts["decoded"] = self.counts.get("decoded", 0) + 1
-        self.read += 1
+        self.read += 1  # reads are counted here, apart from the skip reasons in ``counts``
         self.in_a_row = 0
         self._check_share()
 
@@ -108,7 +107,7 @@ class SkipLedger:
 
     def stop(self, what: str) -> LoaderStopped:
         """The one-line error for a stream that yields nothing usable: its cause and the option to change."""
-        counts = {k: v for k, v in self.counts.items() if k != "decoded" and v}
+        counts = {k: v for k, v in self.counts.items() if v}
         shown = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no sample at all"
         many = self.counts.get("too_many_objects", 0)
         if many and many >= self.counts.get("corrupt", 0):

@@ -128,7 +128,7 @@ def evaluate(
             "sampler_notes": list(getattr(pipe, "notes", [])),
         },
         "seconds_per_scene": {m: seconds[m] / n for m in methods if m in seconds},
-        "skipped": {k: v for k, v in dataset.counts.items() if k != "decoded"},
+        "skipped": dict(dataset.counts),
         "scenes": scenes,
     }
     if unguided and seconds[UNGUIDED] > 0:
