@@ -362,8 +362,10 @@ def _check(args: argparse.Namespace) -> None:
                         f"{args.max_objects}")
     if args.max_objects > args.num_objects:
         raise UserError(f"--max-objects: {args.max_objects} exceeds --num-objects {args.num_objects}")
-    if not 0 <= args.threads <= 4096:
-        raise UserError(f"--threads: expected an integer in [0, 4096], got {args.threads}")
+    from app.flag_checks import check_range
+    from train.run_options import BOUNDS
+
+    check_range(args, "threads", *BOUNDS["threads"])  # the bound `cobl train --threads` applies
     for name in ("scenes", "resolution", "max_steps", "batch_size", "val_scenes", "eval_scenes", "fit_scenes",
                  "sampling_steps", "workers", "codec_factor"):
         if getattr(args, name) < 1:
